@@ -1,0 +1,1 @@
+"""MatterSim PyTorch checkpoints to jmattersim (Orbax) models."""

@@ -1,0 +1,183 @@
+"""MatterSim's M3GNet in Flax; the module tree mirrors ``mattersim.forcefield.m3gnet``.
+
+The model maps a graph (atom types, edge vectors, bond and triplet indices) to
+per-atom energies. Geometry (edge vectors from positions, lattice and image
+shifts), strain and the sums over graphs live in :mod:`jmattersim.energy`.
+
+Padding: edges and triplets carry masks. Padded entries get a stand-in length
+before any square root and contribute zero to every sum, so values and
+gradients stay finite whatever indices they hold.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ..config import M3GNetConfig
+from . import basis
+from .layers import MLP, GatedMLP, dense
+
+Array = jnp.ndarray
+
+
+class ModelInputs(NamedTuple):
+    """What the network sees. N atoms, E edges, T triplets (any of them padding).
+
+    atom_types:   (N, max_z + 1) one-hot or soft distribution over elements.
+    edge_vectors: (E, 3) r_i - (r_j + n @ cell) in Å, for edge (i, j, n).
+    senders:      (E,) i, the centre atom of each edge (upstream ``edge_index[0]``).
+    receivers:    (E,) j.
+    edge_mask:    (E,) True for real edges.
+    triplets:     (T, 2) edge indices (ij, ik) with the same centre i.
+    triplet_mask: (T,) True for real triplets.
+    """
+
+    atom_types: Array
+    edge_vectors: Array
+    senders: Array
+    receivers: Array
+    edge_mask: Array
+    triplets: Array
+    triplet_mask: Array
+
+
+def masked_norm(v: Array, mask: Array) -> Array:
+    """|v| along the last axis; 1 where mask is False, with a finite gradient there."""
+    sq = jnp.sum(v * v, axis=-1)
+    return jnp.sqrt(jnp.where(mask, sq, 1.0))
+
+
+def segment_sum(data: Array, ids: Array, num: int) -> Array:
+    return jax.ops.segment_sum(data, ids, num_segments=num)
+
+
+class ThreeDInteraction(nn.Module):
+    """Adds the three-body term to the edge features (upstream ``ThreeDInteraction``)."""
+
+    config: M3GNetConfig
+
+    @nn.compact
+    def __call__(self, edge_attr, three_basis, atom_attr, x: ModelInputs, edge_length):
+        c = self.config
+        ij, ik = x.triplets[:, 0], x.triplets[:, 1]
+        gate = jax.nn.sigmoid(dense(c.max_n * c.max_l, True, "atom_mlp")(atom_attr))
+        weight = (
+            basis.polynomial_cutoff(edge_length[ij], c.threebody_cutoff)
+            * basis.polynomial_cutoff(edge_length[ik], c.threebody_cutoff)
+            * x.triplet_mask
+        )
+        three_basis = three_basis * gate[x.senders[ik]] * weight[:, None]
+        e_ij_tilde = segment_sum(three_basis, ij, edge_attr.shape[0])
+        edge_gate = GatedMLP((c.units,), ("swish",), use_bias=False, name="edge_gate_mlp")
+        return edge_attr + edge_gate(e_ij_tilde)
+
+
+class MainBlock(nn.Module):
+    """One interaction block: three-body, then bond update, then atom update."""
+
+    config: M3GNetConfig
+
+    @nn.compact
+    def __call__(self, atom_attr, edge_attr, edge_attr_zero, three_basis, x: ModelInputs,
+                 edge_length):
+        c = self.config
+        edge_attr = ThreeDInteraction(c, name="three_body")(
+            edge_attr, three_basis, atom_attr, x, edge_length
+        )
+        gated_edge = GatedMLP((c.units, c.units), ("swish", "swish"), name="gated_mlp_edge")
+        feat = jnp.concatenate([atom_attr[x.senders], atom_attr[x.receivers], edge_attr], axis=1)
+        edge_attr = edge_attr + gated_edge(feat) * dense(c.units, False, "edge_layer_edge")(
+            edge_attr_zero
+        )
+        gated_atom = GatedMLP((c.units, c.units), ("swish", "swish"), name="gated_mlp_atom")
+        feat = jnp.concatenate([atom_attr[x.senders], atom_attr[x.receivers], edge_attr], axis=1)
+        message = gated_atom(feat) * jax.nn.silu(
+            dense(c.units, False, "edge_layer_atom")(edge_attr_zero)
+        )
+        message = message * x.edge_mask[:, None]
+        atom_attr = atom_attr + segment_sum(message, x.senders, atom_attr.shape[0])
+        return atom_attr, edge_attr
+
+
+class SmoothBesselBasis(nn.Module):
+    """Radial basis of the edge lengths; holds upstream's ``rbf.*`` buffers."""
+
+    config: M3GNetConfig
+
+    @nn.compact
+    def __call__(self, r: Array) -> Array:
+        c = self.config
+        consts = basis.smooth_bessel_constants(c.cutoff, c.max_n)
+        return basis.smooth_bessel(r, _constants(self, consts, r.dtype))
+
+
+class SphericalBasisLayer(nn.Module):
+    """Three-body basis of (r_ik, cos theta_jik); holds upstream's ``sbf.*`` buffers."""
+
+    config: M3GNetConfig
+
+    @nn.compact
+    def __call__(self, r: Array, cos_theta: Array) -> Array:
+        c = self.config
+        consts = _constants(self, basis.spherical_basis_constants(c.cutoff), r.dtype)
+        return basis.spherical_basis(r, cos_theta, consts, c.cutoff, c.max_n, c.max_l)
+
+
+class AtomScaling(nn.Module):
+    """Per-element scale and shift; for soft atom types, their expectations."""
+
+    num_species: int
+
+    @nn.compact
+    def __call__(self, energies: Array, atom_types: Array) -> Array:
+        dtype = energies.dtype
+        scale = self.param("scale", nn.initializers.ones, (self.num_species,), dtype)
+        shift = self.param("shift", nn.initializers.zeros, (self.num_species,), dtype)
+        return (atom_types @ scale) * energies + atom_types @ shift
+
+
+class M3GNet(nn.Module):
+    """Per-atom energies (N,) in eV, after the per-element scale and shift.
+
+    Variables: ``params`` (the weights, ``normalizer/{scale,shift}`` included)
+    and ``constants`` (the basis buffers, ``rbf/*`` and ``sbf/*``).
+    """
+
+    config: M3GNetConfig
+
+    @nn.compact
+    def __call__(self, x: ModelInputs) -> Array:
+        c = self.config
+        edge_length = masked_norm(x.edge_vectors, x.edge_mask)
+        ij, ik = x.triplets[:, 0], x.triplets[:, 1]
+        cos_jik = jnp.sum(x.edge_vectors[ij] * x.edge_vectors[ik], axis=1) / (
+            edge_length[ij] * edge_length[ik]
+        )
+        # Upstream clamps, takes acos, and its basis takes cos again: same values.
+        cos_jik = jnp.clip(cos_jik, -1.0 + 1e-7, 1.0 - 1e-7)
+
+        atom_attr = MLP((c.units,), (None,), use_bias=False, name="atom_embedding")(x.atom_types)
+        edge_attr_zero = SmoothBesselBasis(c, name="rbf")(edge_length)
+        edge_attr = MLP((c.units,), ("swish",), use_bias=False, name="edge_encoder")(
+            edge_attr_zero
+        )
+        three_basis = SphericalBasisLayer(c, name="sbf")(edge_length[ik], cos_jik)
+        for b in range(c.num_blocks):
+            atom_attr, edge_attr = MainBlock(c, name=f"graph_conv_{b}")(
+                atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length
+            )
+        final = GatedMLP((c.units, c.units, 1), ("swish", "swish", None), name="final")
+        energies = final(atom_attr)[:, 0]
+        return AtomScaling(c.num_species, name="normalizer")(energies, x.atom_types)
+
+
+def _constants(module: nn.Module, values: dict, dtype) -> dict[str, Array]:
+    """Declares ``values`` in the ``constants`` collection; returns them in ``dtype``."""
+    return {
+        k: module.variable("constants", k, lambda v=v: jnp.asarray(v)).value.astype(dtype)
+        for k, v in values.items()
+    }

@@ -1,0 +1,113 @@
+"""Upstream MatterSim as the reference: genuine-format checkpoints with seeded
+random weights, and its energies, forces and stresses (float32 and float64).
+
+Only the tests import this module (torch and mattersim are test extras).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ase import Atoms
+
+warnings.filterwarnings("ignore", module="mattersim")
+from mattersim.datasets.utils.convertor import GraphConvertor  # noqa: E402
+from mattersim.forcefield.m3gnet.m3gnet import M3Gnet  # noqa: E402
+from mattersim.forcefield.potential import Potential, batch_to_dict  # noqa: E402
+from torch_geometric.data import Batch  # noqa: E402
+
+CONFIGS = {
+    "1M": {"num_blocks": 3, "units": 128},  # mattersim-v1.0.0-1M
+    "5M": {"num_blocks": 4, "units": 256},  # mattersim-v1.0.0-5M
+}
+
+
+def make_checkpoint(path: Path, seed: int, **model_args) -> Path:
+    """Saves upstream's M3Gnet with seeded random weights via ``Potential.save``.
+
+    Weights are drawn with a gain that keeps activations of order one (upstream's
+    own init gives energies near zero, which would hide mapping errors), and the
+    per-element scale and shift are random (shift in [-10, 0] eV, scale in [0.5, 2]).
+    """
+    torch.manual_seed(seed)
+    model = M3Gnet(device="cpu", **model_args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            fan_in = p.shape[1] if p.ndim == 2 else p.shape[0]
+            if name.startswith("atom_embedding"):
+                p.uniform_(-1.0, 1.0)  # one-hot input: fan-in of one
+            else:
+                p.normal_(0.0, 1.5 / math.sqrt(fan_in))
+        model.normalizer.scale.uniform_(0.5, 2.0)
+        model.normalizer.shift.uniform_(-10.0, 0.0)
+    Potential(model, device="cpu").save(str(path))
+    return path
+
+
+def load_potential(path: Path) -> Potential:
+    return Potential.from_checkpoint(str(path), device="cpu", load_training_state=False)
+
+
+def graph_data(atoms: Atoms, model_args: dict):
+    """Upstream's graph of ``atoms``, and the atoms as upstream normalises them
+    (wrapped into the cell; a molecule put into its cubic box)."""
+    normalised = atoms.copy()
+    convertor = GraphConvertor("m3gnet", model_args["cutoff"], True,
+                               model_args["threebody_cutoff"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = convertor.convert(normalised)
+    return data, normalised
+
+
+@contextlib.contextmanager
+def _float64(potential: Potential):
+    """Makes upstream 1.2.3 run in float64 (it casts pbc_offsets and the one-hot
+    to float32): a dtype-unifying einsum, and a one-hot in the weights' dtype."""
+    model = potential.model
+    einsum, default = torch.einsum, torch.get_default_dtype()
+
+    def einsum64(eq, *ops):
+        return einsum(eq, *[o.double() if o.is_floating_point() else o for o in ops])
+
+    model.double()
+    model.one_hot_atoms = lambda s: F.one_hot(s, num_classes=model.max_z + 1).double()
+    torch.einsum, _ = einsum64, torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.einsum = einsum
+        torch.set_default_dtype(default)
+        model.float()
+        del model.one_hot_atoms
+
+
+def predict(potential: Potential, atoms: Atoms, float64: bool = False) -> dict:
+    """Upstream energy (eV), forces (eV/Å), stress (GPa, 3x3) and graph sizes.
+
+    Positions and cell enter in float64 where asked (upstream's graph builder
+    stores them as float32; here they are replaced by the float64 originals).
+    """
+    args = potential.model.model_args
+    data, normalised = graph_data(atoms, args)
+    inputs = batch_to_dict(Batch.from_data_list([data]), device="cpu")
+    ctx = _float64(potential) if float64 else contextlib.nullcontext()
+    with ctx:
+        if float64:
+            inputs["atom_pos"] = torch.tensor(normalised.positions, dtype=torch.float64)
+            inputs["cell"] = torch.tensor(normalised.cell.array[None], dtype=torch.float64)
+        out = potential.forward(inputs, include_forces=True, include_stresses=True)
+        return {
+            "energy": float(out["total_energy"].detach()[0]),
+            "forces": out["forces"].detach().numpy().astype(np.float64),
+            "stress_gpa": out["stresses"].detach().numpy()[0].astype(np.float64),
+            "n_edge": int(data.num_bonds),
+            "n_triplet": int(data.num_three_body),
+            "atoms": normalised,
+        }
