@@ -1,4 +1,13 @@
-"""Energies, forces and stresses of padded batches, by automatic differentiation.
+"""Energies, forces and stresses, by automatic differentiation.
+
+Two ways to get a topology, one model underneath:
+
+- host graphs (:mod:`jmattersim.graph`) packed into a padded :class:`Batch`:
+  :func:`predict` (the calculator, :func:`jmattersim.evaluate`, ``forward_batch``);
+- topology recomputed inside the function at every call
+  (:mod:`jmattersim.neighbors`): :func:`energy_fn` (one structure, a pure
+  function of params, atom types, positions and lattice) and
+  :func:`batch_energy_fn` / :func:`batch_properties_fn` (a jraph ``GraphsTuple``).
 
 Stress follows upstream: a strain eps (G, 3, 3) deforms cell and positions as
 ``x @ (I + eps)``; stress = dE/d eps / V at eps = 0 (eV/Å^3, ASE's sign).
@@ -6,6 +15,7 @@ Stress follows upstream: a strain eps (G, 3, 3) deforms cell and positions as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -16,6 +26,7 @@ from ase.units import GPa
 from .config import M3GNetConfig
 from .graph import Batch
 from .model import M3GNet, ModelInputs
+from .neighbors import Capacity, Topology, topology
 
 Array = jnp.ndarray
 Params = Any  # Flax variables: {"params": ..., "constants": ...}
@@ -24,90 +35,191 @@ EV_PER_A3_TO_GPA = 1.0 / GPa
 
 
 class Predictions(NamedTuple):
-    """energy (G,) eV; forces (N, 3) eV/Å; stress (G, 3, 3) eV/Å^3. The last
-    graph, and nodes beyond the real ones, are padding."""
+    """energy (G,) eV; forces (N, 3) eV/Å; stress (G, 3, 3) eV/Å^3. Graphs after
+    the real ones, and their nodes, are padding."""
 
     energy: Array
     forces: Array
     stress: Array
 
 
-def node_graph_index(graph: jraph.GraphsTuple) -> Array:
+def node_graph_index(n_node: Array, n_atoms: int) -> Array:
     """(N,) index of the graph each node belongs to."""
-    n_graph = graph.n_node.shape[0]
-    n_nodes = graph.nodes["positions"].shape[0]
-    return jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n_nodes)
+    return jnp.repeat(jnp.arange(n_node.shape[0]), n_node, total_repeat_length=n_atoms)
 
 
-def graph_energies(
+def energies(
     config: M3GNetConfig,
     params: Params,
-    batch: Batch,
+    atom_types: Array,
+    positions: Array,
+    lattice: Array,
+    n_node: Array,
+    topo: Topology,
     strain: Array | None = None,
+    soft_normalize: bool = True,
 ) -> Array:
-    """Total energy of each graph (G,) in eV; the last graph is padding.
+    """Total energy (G,) in eV of each graph of a batch with a given topology.
 
-    strain: optional (G, 3, 3), applied to cells and positions as x @ (I + strain).
+    atom_types (N, max_z+1); positions (N, 3) Å; lattice (G, 3, 3) rows;
+    n_node (G,); strain optional (G, 3, 3), applied as x @ (I + strain).
+    soft_normalize: per-element scale and shift as atom_types @ scale (True), or
+    those of each row's most likely element (False, no gradient through them).
     """
-    g = batch.graph
-    positions = g.nodes["positions"]
-    lattice = g.globals["lattice"]
-    node_graph = node_graph_index(g)
+    node_graph = node_graph_index(n_node, positions.shape[0])
     if strain is not None:
         deform = jnp.eye(3, dtype=lattice.dtype) + strain
         lattice = lattice @ deform
         positions = jnp.einsum("ni,nij->nj", positions, deform[node_graph])
-    edge_graph = node_graph[g.senders]
-    offsets = jnp.einsum("ei,eij->ej", g.edges["shifts"], lattice[edge_graph])
-    edge_vectors = positions[g.senders] - (positions[g.receivers] + offsets)
-    edge_mask = jraph.get_edge_padding_mask(g)
-    inputs = ModelInputs(
-        atom_types=g.nodes["atom_types"],
-        edge_vectors=edge_vectors,
-        senders=g.senders,
-        receivers=g.receivers,
-        edge_mask=edge_mask,
-        triplets=batch.triplets,
-        triplet_mask=batch.triplet_mask,
-    )
-    atom_energies = M3GNet(config).apply(params, inputs)
-    return jax.ops.segment_sum(atom_energies, node_graph, num_segments=g.n_node.shape[0])
+    offsets = jnp.einsum("ei,eij->ej", topo.shifts, lattice[node_graph[topo.senders]])
+    edge_vectors = positions[topo.senders] - (positions[topo.receivers] + offsets)
+    inputs = ModelInputs(atom_types, edge_vectors, topo.senders, topo.receivers,
+                         topo.edge_mask, topo.triplets, topo.triplet_mask)
+    atom_energies = M3GNet(config, soft_normalize=soft_normalize).apply(params, inputs)
+    return jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
 
 
-def predict(config: M3GNetConfig, params: Params, batch: Batch) -> Predictions:
-    """Energies, forces (-dE/dr) and stresses (dE/d eps / V) from one pass."""
+def batch_topology(batch: Batch) -> Topology:
+    """The host-built topology carried by a padded :class:`Batch`."""
     g = batch.graph
-    lattice = g.globals["lattice"]
-    strain = jnp.zeros_like(lattice)
+    return Topology(g.senders, g.receivers, g.edges["shifts"], jraph.get_edge_padding_mask(g),
+                    batch.triplets, batch.triplet_mask, jnp.asarray(False))
+
+
+def _forces_and_stress(energy_of: Callable, positions: Array, lattice: Array,
+                       real: Array) -> Predictions:
+    """energy_of(positions, strain) -> (G,); differentiates the total over the
+    real graphs (``real`` (G,) bool)."""
 
     def total(positions, strain):
-        b = batch._replace(graph=g._replace(nodes={**g.nodes, "positions": positions}))
-        energies = graph_energies(config, params, b, strain)
-        return jnp.sum(energies * jraph.get_graph_padding_mask(g)), energies
+        e = energy_of(positions, strain)
+        return jnp.sum(jnp.where(real, e, 0.0)), e
 
-    (_, energies), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
-        g.nodes["positions"], strain
-    )
-    volume = jnp.abs(jnp.linalg.det(lattice))
-    return Predictions(energies, -de_dr, de_deps / volume[:, None, None])
+    strain = jnp.zeros_like(lattice)
+    (_, e), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+        positions, strain)
+    unit = jnp.eye(3, dtype=lattice.dtype)
+    volume = jnp.abs(jnp.linalg.det(jnp.where(real[:, None, None], lattice, unit)))
+    return Predictions(e, -de_dr, de_deps / volume[:, None, None])
+
+
+def predict(config: M3GNetConfig, params: Params, batch: Batch,
+            soft_normalize: bool = True) -> Predictions:
+    """Energies, forces (-dE/dr) and stresses (dE/d eps / V) of a host-built batch."""
+    g = batch.graph
+    topo = batch_topology(batch)
+
+    def energy_of(positions, strain):
+        return energies(config, params, g.nodes["atom_types"], positions, g.globals["lattice"],
+                        g.n_node, topo, strain, soft_normalize)
+
+    return _forces_and_stress(energy_of, g.nodes["positions"], g.globals["lattice"],
+                              jraph.get_graph_padding_mask(g))
+
+
+def _with_overflow_nan(value: Array, overflow: Array) -> Array:
+    """NaN where a capacity overflowed: never a silently wrong number."""
+    return jnp.where(overflow, jnp.nan, value)
+
+
+def energy_fn(
+    config: M3GNetConfig,
+    *,
+    max_edges: int,
+    max_triplets: int,
+    max_neighbors: int,
+    images: tuple[int, int, int] = (1, 1, 1),
+    soft_normalize: bool = True,
+) -> Callable[[Params, Array, Array, Array], Array]:
+    """A pure ``energy(params, atom_types, positions, lattice) -> scalar`` (eV).
+
+    atom_types (N, max_z+1): one-hot or any distribution over elements;
+    positions (N, 3) Cartesian Å; lattice (3, 3), rows are lattice vectors.
+    The topology is rebuilt inside at every call within the static capacity
+    (see :class:`jmattersim.neighbors.Capacity`, :func:`capacity_for`); if it
+    does not fit, the energy is NaN. jit, grad (any argument), vmap, hessian
+    and jvp apply.
+    """
+    capacity = Capacity(max_edges, max_triplets, max_neighbors, tuple(images))
+
+    def energy(params: Params, atom_types: Array, positions: Array, lattice: Array) -> Array:
+        n_node = jnp.array([positions.shape[0]])
+        topo = topology(positions, lattice[None], n_node, config, capacity)
+        e = energies(config, params, atom_types, positions, lattice[None], n_node, topo,
+                     soft_normalize=soft_normalize)[0]
+        return _with_overflow_nan(e, topo.overflow)
+
+    return energy
+
+
+def graph_mask(graph: jraph.GraphsTuple) -> Array:
+    return jraph.get_graph_padding_mask(graph)
+
+
+def batch_energy_fn(
+    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True
+) -> Callable[[Params, jraph.GraphsTuple], Array]:
+    """``energies(params, graph) -> (G,)`` eV for a padded jraph ``GraphsTuple``.
+
+    graph.nodes = {"atom_types": (N, max_z+1), "positions": (N, 3)},
+    graph.globals = {"lattice": (G, 3, 3)}, n_node (G,); padded with
+    :func:`jraph.pad_with_graphs` (or :func:`jmattersim.graph.pad_graph`).
+    Topology rebuilt inside (``capacity.max_atoms``: atoms per graph); NaN where
+    a capacity overflows; padding graphs give 0.
+    """
+
+    def batch_energies(params: Params, graph: jraph.GraphsTuple) -> Array:
+        lattice = _safe_lattice(graph)
+        node_mask = jraph.get_node_padding_mask(graph)
+        pos = graph.nodes["positions"]
+        topo = topology(pos, lattice, graph.n_node, config, capacity, node_mask)
+        e = energies(config, params, graph.nodes["atom_types"], pos, lattice, graph.n_node,
+                     topo, soft_normalize=soft_normalize)
+        return jnp.where(graph_mask(graph), _with_overflow_nan(e, topo.overflow), 0.0)
+
+    return batch_energies
+
+
+def batch_properties_fn(
+    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True
+) -> Callable[[Params, jraph.GraphsTuple], Predictions]:
+    """``properties(params, graph) -> Predictions`` (energy (G,) eV, forces (N, 3)
+    eV/Å, stress (G, 3, 3) eV/Å^3), from one compiled call; differentiable again
+    (a loss on forces or stresses has gradients in every input and in params)."""
+
+    def properties(params: Params, graph: jraph.GraphsTuple) -> Predictions:
+        lattice = _safe_lattice(graph)
+        node_mask = jraph.get_node_padding_mask(graph)
+        pos = graph.nodes["positions"]
+        topo = topology(pos, lattice, graph.n_node, config, capacity, node_mask)
+
+        def energy_of(positions, strain):
+            return energies(config, params, graph.nodes["atom_types"], positions, lattice,
+                            graph.n_node, topo, strain, soft_normalize)
+
+        out = _forces_and_stress(energy_of, pos, lattice, graph_mask(graph))
+        bad = topo.overflow
+        return Predictions(_with_overflow_nan(out.energy, bad),
+                           _with_overflow_nan(out.forces, bad),
+                           _with_overflow_nan(out.stress, bad))
+
+    return properties
+
+
+def _safe_lattice(graph: jraph.GraphsTuple) -> Array:
+    """The lattices, with a unit cube for padding graphs (jraph pads with zeros)."""
+    lattice = graph.globals["lattice"]
+    return jnp.where(graph_mask(graph)[:, None, None], lattice, jnp.eye(3, dtype=lattice.dtype))
 
 
 def init_params(config: M3GNetConfig, key: Array) -> Params:
     """Random Flax variables of the right shapes for ``config`` (float32)."""
-    import numpy as np
-
-    from .graph import StructureGraph, batch_graphs
-
-    g = StructureGraph(
-        numbers=np.array([1]), positions=np.zeros((1, 3)), cell=np.eye(3) * 10,
-        senders=np.zeros(0, int), receivers=np.zeros(0, int), shifts=np.zeros((0, 3), int),
-        triplets=np.zeros((0, 2), int),
-    )
-    b = jax.tree_util.tree_map(jnp.asarray, batch_graphs([g], config))
+    e = 2
     inputs = ModelInputs(
-        atom_types=b.graph.nodes["atom_types"], edge_vectors=b.graph.edges["shifts"],
-        senders=b.graph.senders, receivers=b.graph.receivers,
-        edge_mask=jraph.get_edge_padding_mask(b.graph), triplets=b.triplets,
-        triplet_mask=b.triplet_mask,
+        atom_types=jnp.zeros((2, config.num_species)), edge_vectors=jnp.ones((e, 3)),
+        senders=jnp.zeros(e, jnp.int32), receivers=jnp.ones(e, jnp.int32),
+        edge_mask=jnp.ones(e, bool), triplets=jnp.array([[0, 1]]),
+        triplet_mask=jnp.ones(1, bool),
     )
     return M3GNet(config).init(key, inputs)
+

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ class Capacity:
     images: tuple[int, int, int] = (1, 1, 1)
     max_atoms: int | None = None
 
-    def scaled(self, factor: float) -> "Capacity":
+    def scaled(self, factor: float) -> Capacity:
         """A capacity ``factor`` times larger (one more image per direction)."""
         return Capacity(
             max_edges=math.ceil(self.max_edges * factor),

@@ -128,15 +128,20 @@ class SphericalBasisLayer(nn.Module):
 
 
 class AtomScaling(nn.Module):
-    """Per-element scale and shift; for soft atom types, their expectations."""
+    """Per-element scale and shift. For soft atom types, their expectations under
+    the distribution (``soft``), or those of the most likely element."""
 
     num_species: int
+    soft: bool = True
 
     @nn.compact
     def __call__(self, energies: Array, atom_types: Array) -> Array:
         dtype = energies.dtype
         scale = self.param("scale", nn.initializers.ones, (self.num_species,), dtype)
         shift = self.param("shift", nn.initializers.zeros, (self.num_species,), dtype)
+        if not self.soft:
+            hard = jax.nn.one_hot(jnp.argmax(atom_types, axis=-1), self.num_species, dtype=dtype)
+            atom_types = jax.lax.stop_gradient(hard)
         return (atom_types @ scale) * energies + atom_types @ shift
 
 
@@ -148,6 +153,7 @@ class M3GNet(nn.Module):
     """
 
     config: M3GNetConfig
+    soft_normalize: bool = True
 
     @nn.compact
     def __call__(self, x: ModelInputs) -> Array:
@@ -172,7 +178,8 @@ class M3GNet(nn.Module):
             )
         final = GatedMLP((c.units, c.units, 1), ("swish", "swish", None), name="final")
         energies = final(atom_attr)[:, 0]
-        return AtomScaling(c.num_species, name="normalizer")(energies, x.atom_types)
+        return AtomScaling(c.num_species, self.soft_normalize, name="normalizer")(
+            energies, x.atom_types)
 
 
 def _constants(module: nn.Module, values: dict, dtype) -> dict[str, Array]:
