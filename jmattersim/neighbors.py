@@ -183,8 +183,8 @@ def topology(
     table = jnp.zeros((n_atoms, k), jnp.int32).at[row, rank].set(
         jnp.arange(capacity.max_edges, dtype=jnp.int32), mode="drop")
     slot = jnp.arange(k)
-    pair = ((slot[None, :, None] < count[:, None, None]) & (slot[None, None, :] < count[:, None, None])
-            & (slot[:, None] != slot[None, :])[None])
+    held = slot[None, :] < count[:, None]  # (N, k)
+    pair = held[:, :, None] & held[:, None, :] & (slot[:, None] != slot[None, :])[None]
     n_trip = jnp.sum(pair)
     (tidx,) = jnp.nonzero(pair.reshape(-1), size=capacity.max_triplets, fill_value=0)
     ti, ta, tb = jnp.unravel_index(tidx, pair.shape)
