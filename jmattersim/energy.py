@@ -124,23 +124,22 @@ def _with_overflow_nan(value: Array, overflow: Array) -> Array:
 
 def energy_fn(
     config: M3GNetConfig,
+    capacity: Capacity | None = None,
     *,
-    max_edges: int,
-    max_triplets: int,
-    max_neighbors: int,
-    images: tuple[int, int, int] = (1, 1, 1),
     soft_normalize: bool = True,
+    **capacities: Any,
 ) -> Callable[[Params, Array, Array, Array], Array]:
     """A pure ``energy(params, atom_types, positions, lattice) -> scalar`` (eV).
 
     atom_types (N, max_z+1): one-hot or any distribution over elements;
     positions (N, 3) Cartesian Å; lattice (3, 3), rows are lattice vectors.
     The topology is rebuilt inside at every call within the static capacity
-    (see :class:`jmattersim.neighbors.Capacity`, :func:`capacity_for`); if it
-    does not fit, the energy is NaN. jit, grad (any argument), vmap, hessian
-    and jvp apply.
+    (a :class:`~jmattersim.neighbors.Capacity`, or its fields as keywords:
+    ``max_edges``, ``max_triplets``, ``max_neighbors``, ``max_pairs``; see
+    :func:`~jmattersim.neighbors.capacity_for`); if it does not fit, the energy
+    is NaN. jit, grad (any argument), vmap, hessian and jvp apply.
     """
-    capacity = Capacity(max_edges, max_triplets, max_neighbors, tuple(images))
+    capacity = capacity or Capacity(**capacities)
 
     def energy(params: Params, atom_types: Array, positions: Array, lattice: Array) -> Array:
         n_node = jnp.array([positions.shape[0]])
@@ -153,29 +152,65 @@ def energy_fn(
 
 
 def graph_mask(graph: jraph.GraphsTuple) -> Array:
+    """(G,) True for real graphs (jraph's padding convention)."""
     return jraph.get_graph_padding_mask(graph)
+
+
+def graph_topology(graph: jraph.GraphsTuple, config: M3GNetConfig,
+                   capacity: Capacity) -> tuple[Array, Topology]:
+    """Safe lattices (a unit cube for padding graphs) and the in-jit topology of
+    a padded jraph graph; ``graph.globals["pbc"]`` (G, 3) is optional."""
+    graph = graph._replace(n_node=jnp.asarray(graph.n_node))  # jraph's masks index it
+    lattice = graph.globals["lattice"]
+    real = graph_mask(graph)
+    lattice = jnp.where(real[:, None, None], lattice, jnp.eye(3, dtype=lattice.dtype))
+    pbc = graph.globals.get("pbc") if isinstance(graph.globals, dict) else None
+    topo = topology(graph.nodes["positions"], lattice, graph.n_node, config, capacity,
+                    jraph.get_node_padding_mask(graph), pbc)
+    return lattice, topo
+
+
+def batch_predict(
+    config: M3GNetConfig,
+    capacity: Capacity,
+    params: Params,
+    graph: jraph.GraphsTuple,
+    soft_normalize: bool = True,
+    derivatives: bool = True,
+) -> tuple[Predictions, Array]:
+    """Predictions of a padded jraph graph, topology rebuilt inside, and the
+    overflow flag (values are not masked: callers decide). Without
+    ``derivatives`` forces and stress are None (no gradient pass).
+
+    graph.nodes = {"atom_types": (N, max_z+1), "positions": (N, 3)},
+    graph.globals = {"lattice": (G, 3, 3), optional "pbc": (G, 3) bool}, n_node
+    (G,), padded in jraph's convention (:func:`jmattersim.batch.pad_graph`).
+    """
+    graph = graph._replace(n_node=jnp.asarray(graph.n_node))
+    lattice, topo = graph_topology(graph, config, capacity)
+
+    def energy_of(positions, strain=None):
+        return energies(config, params, graph.nodes["atom_types"], positions, lattice,
+                        graph.n_node, topo, strain, soft_normalize)
+
+    real = graph_mask(graph)
+    if not derivatives:
+        e = jnp.where(real, energy_of(graph.nodes["positions"]), 0.0)
+        return Predictions(e, None, None), topo.overflow
+    out = _forces_and_stress(energy_of, graph.nodes["positions"], lattice, real)
+    return out._replace(energy=jnp.where(real, out.energy, 0.0)), topo.overflow
 
 
 def batch_energy_fn(
     config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True
 ) -> Callable[[Params, jraph.GraphsTuple], Array]:
-    """``energies(params, graph) -> (G,)`` eV for a padded jraph ``GraphsTuple``.
-
-    graph.nodes = {"atom_types": (N, max_z+1), "positions": (N, 3)},
-    graph.globals = {"lattice": (G, 3, 3)}, n_node (G,); padded with
-    :func:`jraph.pad_with_graphs` (or :func:`jmattersim.graph.pad_graph`).
-    Topology rebuilt inside (``capacity.max_atoms``: atoms per graph); NaN where
-    a capacity overflows; padding graphs give 0.
-    """
+    """``energies(params, graph) -> (G,)`` eV for a padded jraph graph (as in
+    :func:`batch_predict`); NaN where a capacity overflows, 0 for padding graphs.
+    Pure: jit, grad and vmap apply."""
 
     def batch_energies(params: Params, graph: jraph.GraphsTuple) -> Array:
-        lattice = _safe_lattice(graph)
-        node_mask = jraph.get_node_padding_mask(graph)
-        pos = graph.nodes["positions"]
-        topo = topology(pos, lattice, graph.n_node, config, capacity, node_mask)
-        e = energies(config, params, graph.nodes["atom_types"], pos, lattice, graph.n_node,
-                     topo, soft_normalize=soft_normalize)
-        return jnp.where(graph_mask(graph), _with_overflow_nan(e, topo.overflow), 0.0)
+        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, False)
+        return _with_overflow_nan(out.energy, overflow)
 
     return batch_energies
 
@@ -184,32 +219,15 @@ def batch_properties_fn(
     config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True
 ) -> Callable[[Params, jraph.GraphsTuple], Predictions]:
     """``properties(params, graph) -> Predictions`` (energy (G,) eV, forces (N, 3)
-    eV/Å, stress (G, 3, 3) eV/Å^3), from one compiled call; differentiable again
+    eV/Å, stress (G, 3, 3) eV/Å^3) of a padded jraph graph (as in
+    :func:`batch_predict`), NaN where a capacity overflows; differentiable again
     (a loss on forces or stresses has gradients in every input and in params)."""
 
     def properties(params: Params, graph: jraph.GraphsTuple) -> Predictions:
-        lattice = _safe_lattice(graph)
-        node_mask = jraph.get_node_padding_mask(graph)
-        pos = graph.nodes["positions"]
-        topo = topology(pos, lattice, graph.n_node, config, capacity, node_mask)
-
-        def energy_of(positions, strain):
-            return energies(config, params, graph.nodes["atom_types"], positions, lattice,
-                            graph.n_node, topo, strain, soft_normalize)
-
-        out = _forces_and_stress(energy_of, pos, lattice, graph_mask(graph))
-        bad = topo.overflow
-        return Predictions(_with_overflow_nan(out.energy, bad),
-                           _with_overflow_nan(out.forces, bad),
-                           _with_overflow_nan(out.stress, bad))
+        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize)
+        return Predictions(*(_with_overflow_nan(v, overflow) for v in out))
 
     return properties
-
-
-def _safe_lattice(graph: jraph.GraphsTuple) -> Array:
-    """The lattices, with a unit cube for padding graphs (jraph pads with zeros)."""
-    lattice = graph.globals["lattice"]
-    return jnp.where(graph_mask(graph)[:, None, None], lattice, jnp.eye(3, dtype=lattice.dtype))
 
 
 def init_params(config: M3GNetConfig, key: Array) -> Params:

@@ -1,21 +1,24 @@
 """Periodic neighbour lists and triplets under ``jit``: static capacities, an
 overflow flag, exact for any cell (image enumeration for cells shorter than
-the cutoff).
+the cutoff, triclinic, partly periodic).
 
-Each graph's atoms form a dense block of ``max_atoms`` slots; every pair of
-slots is tried against every lattice image in a static range, and the pairs
-within the cutoff are compacted into ``max_edges`` slots (sender-major, as
-the host builder orders them). Positions are wrapped into the cell first, so
-the range ``|n_k| <= ceil(cutoff / width_k)`` suffices, where width_k is the
-cell's perpendicular width along lattice vector k. Shifts are reported for the
-positions as given. Too small a capacity sets ``overflow``; the energy
-functions then return NaN rather than a wrong number.
+Candidates are packed: graph g contributes ``n_g^2 * M_g`` candidate pairs
+(i, j, image), where ``M_g = prod(2 k_g + 1)`` and ``k_g = ceil(cutoff / width)``
+along each periodic lattice vector (width: the cell's perpendicular width;
+0 along a non-periodic one). All candidates of a batch share one flat axis of
+``max_pairs`` slots, so a 2-atom cell that needs many images and a 100-atom cell
+that needs few cost what each needs, not the batch's worst case. Candidates
+within the cutoff are compacted into ``max_edges`` slots (sender-major, as the
+host builder orders them). Positions are wrapped into the cell first, so the
+image range suffices; shifts are reported for the positions as given.
+
+Too small a capacity sets ``overflow``; the energy functions then return NaN
+rather than a wrong number, and the Python drivers re-allocate and retry.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -49,11 +52,13 @@ class Topology(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Capacity:
-    """Static sizes of an in-jit topology.
+    """Static sizes of an in-jit topology (all counts over the whole batch).
 
-    max_edges: edges in the whole batch; max_triplets: triplets in the batch;
-    max_neighbors: bonds per atom within the three-body cutoff; images: largest
-    |n_k| tried along each lattice vector; max_atoms: atoms per graph (batches).
+    max_edges: edges; max_triplets: triplets; max_neighbors: bonds of one atom
+    within the three-body cutoff; max_pairs: candidate pairs sum_g n_g^2 M_g
+    (default: from ``images`` and ``max_atoms``, for one graph of that size).
+    images: |n_k| per lattice vector that the default ``max_pairs`` allows for;
+    max_atoms: atoms per graph that the default ``max_pairs`` allows for.
     """
 
     max_edges: int
@@ -61,15 +66,36 @@ class Capacity:
     max_neighbors: int
     images: tuple[int, int, int] = (1, 1, 1)
     max_atoms: int | None = None
+    max_pairs: int | None = None
+
+    def pairs(self, n_atoms: int) -> int:
+        """The candidate budget, for a batch of ``n_atoms`` node slots."""
+        if self.max_pairs is not None:
+            return self.max_pairs
+        m = int(np.prod([2 * k + 1 for k in self.images]))
+        return (self.max_atoms or n_atoms) ** 2 * m
 
     def scaled(self, factor: float) -> Capacity:
-        """A capacity ``factor`` times larger (one more image per direction)."""
-        return Capacity(
-            max_edges=math.ceil(self.max_edges * factor),
-            max_triplets=math.ceil(self.max_triplets * factor),
-            max_neighbors=math.ceil(self.max_neighbors * factor),
+        """A capacity ``factor`` times larger in every count (re-allocation)."""
+        grow = lambda n: None if n is None else math.ceil(n * factor)  # noqa: E731
+        return dataclasses.replace(
+            self, max_edges=grow(self.max_edges), max_triplets=grow(self.max_triplets),
+            max_neighbors=grow(self.max_neighbors), max_pairs=grow(self.max_pairs),
             images=tuple(k + 1 for k in self.images),
-            max_atoms=self.max_atoms,
+        )
+
+    def covers(self, other: Capacity) -> bool:
+        """True if every count of ``other`` fits in this capacity."""
+        fields = ("max_edges", "max_triplets", "max_neighbors", "max_pairs")
+        return all(getattr(self, f) >= getattr(other, f) for f in fields)
+
+    def union(self, other: Capacity) -> Capacity:
+        """The smallest capacity covering both (the sticky growth of a stream)."""
+        return Capacity(
+            max_edges=max(self.max_edges, other.max_edges),
+            max_triplets=max(self.max_triplets, other.max_triplets),
+            max_neighbors=max(self.max_neighbors, other.max_neighbors),
+            max_pairs=max(self.pairs(0), other.pairs(0)),
         )
 
 
@@ -84,37 +110,50 @@ def image_range(lattice: np.ndarray | Array, cutoff: float, xp=np):
     return xp.ceil(cutoff / widths).astype(int)
 
 
+def candidate_pairs(n_atoms: int, lattice: np.ndarray, pbc: Sequence[bool],
+                    cutoff: float) -> int:
+    """n^2 M: the candidate pairs one structure takes in :func:`topology`."""
+    k = image_range(np.asarray(lattice, float), cutoff) * np.asarray(pbc, bool)
+    return n_atoms**2 * int(np.prod(2 * k + 1))
+
+
+def bucket_up(n: int) -> int:
+    """n rounded up to the ladder 2^(k/2) (multiples of 8): few distinct shapes."""
+    size = 8
+    while size < n:
+        size = int(math.ceil(size * math.sqrt(2) / 8) * 8)
+    return size
+
+
 def capacity_for(
     structures: Sequence[Atoms], config: M3GNetConfig, headroom: float = 1.25,
-    batch_size: int | None = None,
+    batch_size: int | None = None, bucketed: bool = False,
 ) -> Capacity:
     """A capacity that holds each of ``structures`` (or any ``batch_size`` of them
-    together) with ``headroom``: measured on the host with :mod:`jmattersim.graph`."""
+    together) with ``headroom``, measured on the host with :mod:`jmattersim.graph`.
+    ``bucketed`` rounds every count up to a bucket (fewer compilations)."""
     from .graph import structure_graph
 
     graphs = [structure_graph(a, config) for a in structures]
     per = batch_size or 1
-    edges = sorted((g.n_edge for g in graphs), reverse=True)[:per]
-    trips = sorted((g.n_triplet for g in graphs), reverse=True)[:per]
-    # bonds per centre within the three-body cutoff: the distinct ij of its triplets
-    k3 = max(
-        int(np.bincount(g.senders[np.unique(g.triplets[:, 0])]).max()) if g.n_triplet else 1
-        for g in graphs
-    )
-    images = np.max([image_range(np.asarray(a.cell.array), config.cutoff) for a in structures],
-                    axis=0)
+    top = lambda values: sum(sorted(values, reverse=True)[:per])  # noqa: E731
+    pairs = [candidate_pairs(g.n_node, g.cell, np.asarray(a.pbc) | ~np.any(a.pbc),
+                             config.cutoff) for g, a in zip(graphs, structures, strict=True)]
+    k3 = max(neighbors_in_threebody(g.senders, g.triplets) for g in graphs)
+    round_ = bucket_up if bucketed else (lambda n: n)
     return Capacity(
-        max_edges=math.ceil(sum(edges) * headroom) + 1,
-        max_triplets=math.ceil(sum(trips) * headroom) + 1,
-        max_neighbors=math.ceil(k3 * headroom) + 1,
-        images=tuple(int(k) for k in images),
-        max_atoms=max(len(a) for a in structures),
+        max_edges=round_(math.ceil(top(g.n_edge for g in graphs) * headroom) + 1),
+        max_triplets=round_(math.ceil(top(g.n_triplet for g in graphs) * headroom) + 1),
+        max_neighbors=round_(math.ceil(k3 * headroom) + 1),
+        max_pairs=round_(top(pairs)),
     )
 
 
-def _images(k: Sequence[int]) -> np.ndarray:
-    ranges = [range(-int(n), int(n) + 1) for n in k]
-    return np.array(list(itertools.product(*ranges)), dtype=np.int32)
+def neighbors_in_threebody(senders: np.ndarray, triplets: np.ndarray) -> int:
+    """Largest number of bonds of one centre within the three-body cutoff."""
+    if len(triplets) == 0:
+        return 1
+    return int(np.bincount(senders[np.unique(triplets[:, 0])]).max())
 
 
 def topology(
@@ -124,64 +163,85 @@ def topology(
     config: M3GNetConfig,
     capacity: Capacity,
     node_mask: Array | None = None,
+    pbc: Array | None = None,
 ) -> Topology:
     """Neighbours and triplets of a batch of graphs, under jit.
 
     positions (N, 3) Å, nodes of each graph contiguous, in graph order; lattice
     (G, 3, 3) rows; n_node (G,) atoms per graph (padding graphs may hold padding
-    nodes, which ``node_mask`` (N,) excludes). Returns a :class:`Topology`.
+    nodes, which ``node_mask`` (N,) excludes); pbc (G, 3) bool, periodic
+    directions (default all). Returns a :class:`Topology`; no gradient flows
+    through it (the energy is continuous where the topology changes).
     """
     n_graph, n_atoms = lattice.shape[0], positions.shape[0]
-    block = capacity.max_atoms or n_atoms
     if node_mask is None:
         node_mask = jnp.ones(n_atoms, bool)
+    pbc = jnp.ones((n_graph, 3), bool) if pbc is None else jnp.asarray(pbc, bool)
     dtype = positions.dtype
     positions = jax.lax.stop_gradient(positions)
     lattice = jax.lax.stop_gradient(lattice)
 
     node_graph = jnp.repeat(jnp.arange(n_graph), n_node, total_repeat_length=n_atoms)
-    start = jnp.cumsum(n_node) - n_node
-    local = jnp.arange(block)
-    slots = start[:, None] + local[None, :]  # (G, B) node index of each slot
-    slot_ok = (local[None, :] < n_node[:, None]) & (slots < n_atoms)
-    slots = jnp.where(slot_ok, slots, 0)
-    slot_ok = slot_ok & node_mask[slots]
+    n_real = jax.ops.segment_sum(node_mask.astype(jnp.int32), node_graph, num_segments=n_graph)
+    node_start = jnp.cumsum(n_node) - n_node
 
-    # wrap into the cell: the static image range then suffices
+    # wrap into the cell along periodic directions: the image range then suffices
     frac = jnp.einsum("ni,nij->nj", positions, jnp.linalg.inv(lattice)[node_graph])
-    wrap = jnp.floor(frac)
+    wrap = jnp.where(pbc[node_graph], jnp.floor(frac), 0.0)
     wrapped = positions - jnp.einsum("ni,nij->nj", wrap, lattice[node_graph])
 
-    images = _images(capacity.images)
-    zero_image = int(np.flatnonzero((images == 0).all(axis=1))[0])
-    offsets = jnp.einsum("mi,gij->gmj", jnp.asarray(images, dtype), lattice)  # (G, M, 3)
-    p = wrapped[slots]  # (G, B, 3)
-    vec = p[:, :, None, None, :] - (p[:, None, :, None, :] + offsets[:, None, None, :, :])
-    d2 = jnp.sum(vec * vec, axis=-1)  # (G, B, B, M)
-    same = jnp.eye(block, dtype=bool)[None, :, :, None] & (
-        jnp.arange(len(images)) == zero_image)[None, None, None, :]
-    pair_ok = slot_ok[:, :, None, None] & slot_ok[:, None, :, None] & ~same
-    within = pair_ok & (d2 < config.cutoff**2)
+    k = jnp.where(pbc, image_range(lattice, config.cutoff, xp=jnp), 0)  # (G, 3)
+    width = 2 * k + 1
+    n_images = jnp.prod(width, axis=1)
+    count = n_real * n_real * n_images  # candidates per graph
+    end = jnp.cumsum(count)
+    max_pairs = capacity.pairs(n_atoms)
+    p = jnp.arange(max_pairs)
+    g = jnp.minimum(jnp.searchsorted(end, p, side="right"), n_graph - 1)
+    valid = p < end[-1]
+    q = p - (end - count)[g]
+    n_g = jnp.maximum(n_real[g], 1)
+    m = q % n_images[g]
+    t = q // n_images[g]
+    i = node_start[g] + t // n_g
+    j = node_start[g] + t % n_g
+    w = width[g]
+    image = jnp.stack([m // (w[:, 1] * w[:, 2]), (m // w[:, 2]) % w[:, 1], m % w[:, 2]],
+                      axis=1) - k[g]
+    i, j = jnp.where(valid, i, 0), jnp.where(valid, j, 0)
+    vec = wrapped[i] - (wrapped[j] + jnp.einsum("pi,pij->pj", image.astype(dtype), lattice[g]))
+    d2 = jnp.sum(vec * vec, axis=-1)
+    self_pair = (i == j) & jnp.all(image == 0, axis=1)
+    within = valid & ~self_pair & (d2 < config.cutoff**2)
 
-    flat = within.reshape(-1)
-    n_edges = jnp.sum(flat)
-    (idx,) = jnp.nonzero(flat, size=capacity.max_edges, fill_value=0)
+    n_edges = jnp.sum(within)
+    (idx,) = jnp.nonzero(within, size=capacity.max_edges, fill_value=0)
     edge_mask = jnp.arange(capacity.max_edges) < n_edges
-    g, a, b, m = jnp.unravel_index(idx, within.shape)
-    senders, receivers = slots[g, a], slots[g, b]
-    shifts = (jnp.asarray(images)[m] + wrap[senders] - wrap[receivers]).astype(dtype)
+    senders, receivers = i[idx], j[idx]
+    shifts = image[idx].astype(dtype) + wrap[senders] - wrap[receivers]
     shifts = jnp.where(edge_mask[:, None], shifts, 0)
-    d2_edge = d2.reshape(-1)[idx]
+    triplets, triplet_mask, trip_overflow = _triplets(
+        senders, d2[idx], edge_mask, n_atoms, config.threebody_cutoff, capacity)
+    overflow = (n_edges > capacity.max_edges) | (end[-1] > max_pairs) | trip_overflow
+    return Topology(senders, receivers, shifts, edge_mask, triplets, triplet_mask, overflow)
 
-    # triplets: a table of each atom's bonds within the three-body cutoff
+
+def _triplets(senders: Array, d2: Array, edge_mask: Array, n_atoms: int, cutoff: float,
+              capacity: Capacity) -> tuple[Array, Array, Array]:
+    """Ordered pairs (ij, ik), ij != ik, of one centre's bonds within ``cutoff``.
+
+    senders must be sorted (edges sender-major). Returns triplets (T, 2),
+    triplet_mask (T,) and an overflow flag (too many triplets, or an atom with
+    more than ``max_neighbors`` bonds within the cutoff).
+    """
     k = capacity.max_neighbors
-    in3 = edge_mask & (d2_edge <= config.threebody_cutoff**2)
+    in3 = edge_mask & (d2 <= cutoff**2)
     count = jax.ops.segment_sum(in3.astype(jnp.int32), senders, num_segments=n_atoms)
     first = jnp.cumsum(count) - count
     rank = jnp.cumsum(in3) - 1 - first[senders]
     row = jnp.where(in3 & (rank < k), senders, n_atoms)  # out of range: dropped
     table = jnp.zeros((n_atoms, k), jnp.int32).at[row, rank].set(
-        jnp.arange(capacity.max_edges, dtype=jnp.int32), mode="drop")
+        jnp.arange(senders.shape[0], dtype=jnp.int32), mode="drop")
     slot = jnp.arange(k)
     held = slot[None, :] < count[:, None]  # (N, k)
     pair = held[:, :, None] & held[:, None, :] & (slot[:, None] != slot[None, :])[None]
@@ -190,16 +250,5 @@ def topology(
     ti, ta, tb = jnp.unravel_index(tidx, pair.shape)
     triplets = jnp.stack([table[ti, ta], table[ti, tb]], axis=1)
     triplet_mask = jnp.arange(capacity.max_triplets) < n_trip
-
-    needed = image_range(lattice, config.cutoff, xp=jnp)  # (G, 3)
-    graph_real = jax.ops.segment_max(node_mask.astype(jnp.int32), node_graph,
-                                     num_segments=n_graph) > 0
-    too_few_images = jnp.any(graph_real[:, None] & (needed > jnp.asarray(capacity.images)))
-    overflow = (
-        (n_edges > capacity.max_edges)
-        | (n_trip > capacity.max_triplets)
-        | (jnp.max(count) > k)
-        | too_few_images
-        | jnp.any(graph_real & (n_node > block))
-    )
-    return Topology(senders, receivers, shifts, edge_mask, triplets, triplet_mask, overflow)
+    overflow = (n_trip > capacity.max_triplets) | (jnp.max(count) > k)
+    return triplets, triplet_mask, overflow
