@@ -62,3 +62,83 @@ class GatedMLP(nn.Module):
         for i, (dim, act) in enumerate(zip(self.out_dims, sigma_acts, strict=True)):
             s = ACTIVATIONS[act](dense(dim, self.use_bias, f"sigma_{i}")(s))
         return g * s
+
+
+class DenseWeights(nn.Module):
+    """The variables of an ``nn.Dense(features)`` on ``in_features`` inputs, same
+    names, shapes and initialisers, returned instead of applied."""
+
+    in_features: int
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self) -> tuple[Array, Array | None]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.in_features, self.features))
+        bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,))
+                if self.use_bias else None)
+        return kernel, bias
+
+
+Part = Array | tuple[Array, Array]
+
+
+class FastGatedMLP(nn.Module):
+    """:class:`GatedMLP` on ``concat(parts)`` without building the concatenation.
+
+    Each part is an array (E, d_k) or a pair (table (N, d_k), index (E,)) that
+    stands for ``table[index]``. The first layer splits its kernel by input
+    rows: a gathered part is multiplied once per table row and then gathered
+    (W x[index] = (W x)[index], exact): on edges, E x d_edge x d_out instead of
+    E x (2 d_atom + d_edge) x d_out. Same variables as :class:`GatedMLP`, equal
+    to it up to float rounding. (Sharing one matmul between the g and sigma
+    stacks measured no faster on CPU, and doubles the width of the gathers.)
+    """
+
+    out_dims: Sequence[int]
+    activations: Sequence[str | None]
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, *parts: Part) -> Array:
+        tables = [p[0] if isinstance(p, tuple) else p for p in parts]
+        widths = [t.shape[-1] for t in tables]
+        dims, acts = list(self.out_dims), list(self.activations)
+        sigma_acts = acts[:-1] + ["sigmoid"]
+        in_dims = [sum(widths)] + dims[:-1]
+        g = [DenseWeights(i, o, self.use_bias, name=f"g_{k}")()
+             for k, (i, o) in enumerate(zip(in_dims, dims, strict=True))]
+        s = [DenseWeights(i, o, self.use_bias, name=f"sigma_{k}")()
+             for k, (i, o) in enumerate(zip(in_dims, dims, strict=True))]
+        dtype = jnp.result_type(*tables, g[0][0])
+        hg = _split_first_layer(parts, tables, g[0], dtype)
+        hs = _split_first_layer(parts, tables, s[0], dtype)
+        hg = ACTIVATIONS[acts[0]](hg)
+        hs = ACTIVATIONS[sigma_acts[0]](hs)
+        for k in range(1, len(dims)):
+            hg = ACTIVATIONS[acts[k]](_affine(hg, g[k], dtype))
+            hs = ACTIVATIONS[sigma_acts[k]](_affine(hs, s[k], dtype))
+        return hg * hs
+
+
+def _split_first_layer(parts, tables, weights, dtype) -> Array:
+    """sum_k part_k @ kernel[rows of part k] (+ bias), gathering after the matmul."""
+    kernel, bias = weights
+    kernel = kernel.astype(dtype)
+    h = None
+    start = 0
+    for part, table in zip(parts, tables, strict=True):
+        width = table.shape[-1]
+        y = jnp.dot(table.astype(dtype), kernel[start:start + width], precision=PRECISION)
+        if isinstance(part, tuple):
+            y = y[part[1]]
+        h = y if h is None else h + y
+        start += width
+    return h if bias is None else h + bias.astype(dtype)
+
+
+def _affine(x: Array, weights: tuple[Array, Array | None], dtype) -> Array:
+    kernel, bias = weights
+    y = jnp.dot(x, kernel.astype(dtype), precision=PRECISION)
+    return y if bias is None else y + bias.astype(dtype)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ..config import M3GNetConfig
 from . import basis
-from .layers import MLP, GatedMLP, dense
+from .layers import MLP, FastGatedMLP, GatedMLP, dense
 
 Array = jnp.ndarray
 
@@ -59,6 +59,7 @@ class ThreeDInteraction(nn.Module):
     """Adds the three-body term to the edge features (upstream ``ThreeDInteraction``)."""
 
     config: M3GNetConfig
+    fast: bool = True
 
     @nn.compact
     def __call__(self, edge_attr, three_basis, atom_attr, x: ModelInputs, edge_length):
@@ -72,35 +73,54 @@ class ThreeDInteraction(nn.Module):
         )
         three_basis = three_basis * gate[x.senders[ik]] * weight[:, None]
         e_ij_tilde = segment_sum(three_basis, ij, edge_attr.shape[0])
-        edge_gate = GatedMLP((c.units,), ("swish",), use_bias=False, name="edge_gate_mlp")
+        gated = FastGatedMLP if self.fast else GatedMLP
+        edge_gate = gated((c.units,), ("swish",), use_bias=False, name="edge_gate_mlp")
         return edge_attr + edge_gate(e_ij_tilde)
 
 
 class MainBlock(nn.Module):
-    """One interaction block: three-body, then bond update, then atom update."""
+    """One interaction block: three-body, then bond update, then atom update.
+
+    fast: the gated MLPs on concat(atom_i, atom_j, edge) apply their first
+    layer's atom blocks once per atom and gather (:class:`FastGatedMLP`);
+    False builds the concatenation per edge, as upstream does.
+    """
 
     config: M3GNetConfig
+    fast: bool = True
 
     @nn.compact
     def __call__(self, atom_attr, edge_attr, edge_attr_zero, three_basis, x: ModelInputs,
                  edge_length):
         c = self.config
-        edge_attr = ThreeDInteraction(c, name="three_body")(
+        edge_attr = ThreeDInteraction(c, self.fast, name="three_body")(
             edge_attr, three_basis, atom_attr, x, edge_length
         )
-        gated_edge = GatedMLP((c.units, c.units), ("swish", "swish"), name="gated_mlp_edge")
-        feat = jnp.concatenate([atom_attr[x.senders], atom_attr[x.receivers], edge_attr], axis=1)
-        edge_attr = edge_attr + gated_edge(feat) * dense(c.units, False, "edge_layer_edge")(
-            edge_attr_zero
-        )
-        gated_atom = GatedMLP((c.units, c.units), ("swish", "swish"), name="gated_mlp_atom")
-        feat = jnp.concatenate([atom_attr[x.senders], atom_attr[x.receivers], edge_attr], axis=1)
-        message = gated_atom(feat) * jax.nn.silu(
+        dims, acts = (c.units, c.units), ("swish", "swish")
+        if self.fast:
+            gated_edge = FastGatedMLP(dims, acts, name="gated_mlp_edge")
+            update = gated_edge((atom_attr, x.senders), (atom_attr, x.receivers), edge_attr)
+        else:
+            gated_edge = GatedMLP(dims, acts, name="gated_mlp_edge")
+            update = gated_edge(_concat_ije(atom_attr, edge_attr, x))
+        edge_attr = edge_attr + update * dense(c.units, False, "edge_layer_edge")(edge_attr_zero)
+        if self.fast:
+            gated_atom = FastGatedMLP(dims, acts, name="gated_mlp_atom")
+            message = gated_atom((atom_attr, x.senders), (atom_attr, x.receivers), edge_attr)
+        else:
+            gated_atom = GatedMLP(dims, acts, name="gated_mlp_atom")
+            message = gated_atom(_concat_ije(atom_attr, edge_attr, x))
+        message = message * jax.nn.silu(
             dense(c.units, False, "edge_layer_atom")(edge_attr_zero)
         )
         message = message * x.edge_mask[:, None]
         atom_attr = atom_attr + segment_sum(message, x.senders, atom_attr.shape[0])
         return atom_attr, edge_attr
+
+
+def _concat_ije(atom_attr: Array, edge_attr: Array, x: ModelInputs) -> Array:
+    """concat(atom_attr[i], atom_attr[j], edge_attr) per edge (E, 2 d_atom + d_edge)."""
+    return jnp.concatenate([atom_attr[x.senders], atom_attr[x.receivers], edge_attr], axis=1)
 
 
 class SmoothBesselBasis(nn.Module):
@@ -150,10 +170,20 @@ class M3GNet(nn.Module):
 
     Variables: ``params`` (the weights, ``normalizer/{scale,shift}`` included)
     and ``constants`` (the basis buffers, ``rbf/*`` and ``sbf/*``).
+
+    fast: the optimised layout (:class:`FastGatedMLP`: first layers split by
+    input block, atom blocks applied per atom then gathered; g and sigma
+    stacks share a matmul); False is the reference, upstream's layout. Same
+    variables, same values up to float rounding.
+    remat: recompute each interaction block in the backward pass
+    (``jax.checkpoint`` per block) instead of storing its intermediates: less
+    memory for gradients, same values, some extra time.
     """
 
     config: M3GNetConfig
     soft_normalize: bool = True
+    fast: bool = True
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: ModelInputs) -> Array:
@@ -172,11 +202,13 @@ class M3GNet(nn.Module):
             edge_attr_zero
         )
         three_basis = SphericalBasisLayer(c, name="sbf")(edge_length[ik], cos_jik)
+        block = nn.remat(MainBlock) if self.remat else MainBlock
         for b in range(c.num_blocks):
-            atom_attr, edge_attr = MainBlock(c, name=f"graph_conv_{b}")(
+            atom_attr, edge_attr = block(c, self.fast, name=f"graph_conv_{b}")(
                 atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length
             )
-        final = GatedMLP((c.units, c.units, 1), ("swish", "swish", None), name="final")
+        gated = FastGatedMLP if self.fast else GatedMLP
+        final = gated((c.units, c.units, 1), ("swish", "swish", None), name="final")
         energies = final(atom_attr)[:, 0]
         return AtomScaling(c.num_species, self.soft_normalize, name="normalizer")(
             energies, x.atom_types)
