@@ -14,6 +14,7 @@ batch does not fit, so a stream of varying batches compiles a handful of times.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,8 +25,9 @@ import jraph
 import numpy as np
 from ase import Atoms
 
+from . import sharding
 from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, batch_predict
+from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict
 from .graph import molecule_box, neighbor_list, triplet_indices
 from .io import Model
 from .neighbors import Capacity, bucket_up, candidate_pairs, neighbors_in_threebody
@@ -156,6 +158,7 @@ def forward_batch(
     soft_normalize: bool = True,
     positions_are_fractional: bool = False,
     capacity: Capacity | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Array]:
     """Energies (and forces, stresses) of a batch of crystals: the seed's API.
 
@@ -171,6 +174,10 @@ def forward_batch(
     compiled function per capacity; under ``jit``/``grad`` tracing pass
     ``capacity`` (e.g. :func:`jmattersim.neighbors.capacity_for`), and the
     outputs are NaN if it is too small.
+
+    mesh: a 1-D device mesh (:func:`jmattersim.sharding.graph_mesh`): the graphs
+    are dealt to the devices in balanced groups, one padded batch each, and run
+    as one SPMD program (concrete inputs only).
     """
     config = model.config
     if atoms_list is not None:
@@ -202,7 +209,12 @@ def forward_batch(
     pbc = np.ones((len(sizes), 3), bool) if pbc is None else np.asarray(pbc, bool)
     n_atoms, n_graphs = int(sizes.sum()), len(sizes)
 
-    if capacity is not None or traced:
+    if mesh is not None:
+        if traced:
+            raise ValueError("forward_batch(mesh=...) takes concrete arrays, not traced ones")
+        out = _sharded(model, dtype, atom_types, positions, lattice, sizes, pbc, soft_normalize,
+                       include_forces or include_stresses, mesh)
+    elif capacity is not None or traced:
         if capacity is None:
             raise ValueError("forward_batch under jit/grad tracing needs capacity=...: "
                              "see jmattersim.neighbors.capacity_for")
@@ -244,6 +256,52 @@ def _run(fn, model: Model, dtype, atom_types, positions, lattice, sizes, pbc, ca
     graph = pad_graph(graphs_tuple(atom_types, positions, lattice, sizes, pbc), n_node, n_graph)
     params = model.astype(dtype).params
     return fn(model.config, capacity, params, graph, soft_normalize, derivatives)
+
+
+def _sharded(model: Model, dtype, atom_types, positions, lattice, sizes, pbc,
+             soft_normalize: bool, derivatives: bool, mesh: jax.sharding.Mesh) -> Predictions:
+    """forward_batch's computation with the graphs split across ``mesh``;
+    returns unpadded Predictions in the input order (stress in eV/Å^3)."""
+    config = model.config
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    groups = sharding.split_balanced(list(sizes), mesh.size)
+    pos_host, lat_host = np.asarray(positions, float), np.asarray(lattice, float)
+    nodes = [np.concatenate([np.arange(starts[g], starts[g + 1]) for g in group] or
+                            [np.zeros(0, int)]).astype(int) for group in groups]
+    cap = None
+    for group, idx in zip(groups, nodes, strict=True):
+        need = host_capacity(pos_host[idx], lat_host[group], sizes[group], pbc[group], config)
+        cap = need if cap is None else cap.union(need)
+    n_node = bucket_up(max(len(i) for i in nodes) + 1)
+    n_graph = max(len(g) for g in groups) + 1
+    padded = [pad_graph(graphs_tuple(atom_types[idx], positions[idx], lattice[np.asarray(group,
+                                                                                         int)],
+                                     sizes[group], pbc[group]), n_node, n_graph)
+              for group, idx in zip(groups, nodes, strict=True)]
+    stacked = sharding.place(sharding.stack(jax.device_get(padded)), mesh)
+    run = _sharded_predict(config, cap, soft_normalize, derivatives, mesh)
+    out, overflow = run(model.astype(dtype).params, stacked)
+    if np.any(jax.device_get(overflow)):  # pragma: no cover - headroom covers rounding
+        raise RuntimeError("neighbour capacity overflow in a sharded batch")
+    parts = sharding.unstack(out, mesh.size)
+    energy = np.zeros(len(sizes), dtype)
+    forces = np.zeros((int(sizes.sum()), 3), dtype) if derivatives else None
+    stress = np.zeros((len(sizes), 3, 3), dtype) if derivatives else None
+    for group, idx, part in zip(groups, nodes, parts, strict=True):
+        energy[group] = part.energy[:len(group)]
+        if derivatives:
+            forces[idx] = part.forces[:len(idx)]
+            stress[group] = part.stress[:len(group)]
+    return Predictions(energy, forces, stress)
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_predict(config: M3GNetConfig, capacity: Capacity, soft_normalize: bool,
+                     derivatives: bool, mesh: jax.sharding.Mesh):
+    def fn(params, graph):
+        return batch_predict(config, capacity, params, graph, soft_normalize, derivatives)
+
+    return sharding.over_devices(fn, mesh)
 
 
 def compilations() -> int:
