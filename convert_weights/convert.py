@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import urllib.error
 import urllib.request
 import warnings
@@ -37,6 +39,10 @@ class ConversionError(ValueError):
     """The checkpoint cannot be converted; the message names the cause."""
 
 
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Loads a MatterSim checkpoint without running pickled code."""
     try:
@@ -50,10 +56,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found:
+            raise ConversionError(f"cannot read {path} as a MatterSim checkpoint (torch.load "
+                                  f"with weights_only=True failed: {_first_line(e)})") from e
+        raise ConversionError(
+            f"refusing {path}: it holds a pickled reference to {found.group(1)}, which is not "
+            "a tensor or a plain value (loading it unsafely would run code); a MatterSim "
+            "checkpoint holds only weights and settings. Nothing was loaded."
+        ) from e
     except Exception as e:
         raise ConversionError(
             f"cannot read {path} as a MatterSim checkpoint (torch.load with weights_only=True "
-            f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            f"failed: {_first_line(e)})"
         ) from e
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_args" not in ckpt:
         raise ConversionError(
@@ -62,6 +78,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     name = ckpt.get("model_name", "m3gnet")
     if str(name).lower() != "m3gnet":
         raise ConversionError(f"{path} holds a '{name}' model; only m3gnet can be converted")
+    if not isinstance(ckpt["model_args"], Mapping):
+        raise ConversionError(f"{path}: 'model_args' is a {type(ckpt['model_args']).__name__}, "
+                              "expected a dict of M3Gnet arguments")
+    state = ckpt["model"]
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{path}: 'model' is a {type(state).__name__}, expected a "
+                              "state_dict (a dict of tensors)")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise ConversionError(f"{path}: state_dict entry '{key}' is not a floating-point "
+                                  f"tensor ({type(value).__name__})")
     return dict(ckpt)
 
 
@@ -84,6 +111,8 @@ def state_dict_to_params(
                 f"parameter '{key}' has shape {tuple(arrays[key].shape)}, expected {want} "
                 f"for {config}"
             )
+        if not np.isfinite(value).all():
+            raise ConversionError(f"parameter '{key}' holds NaN or infinite values")
         used.add(key)
         node = params
         for p in path[:-1]:
@@ -123,7 +152,10 @@ def convert_checkpoint(path: str | os.PathLike, strict: bool = False) -> Model:
         config = M3GNetConfig.from_model_args(ckpt["model_args"])
     except (TypeError, ValueError) as e:
         raise ConversionError(f"bad model_args in {path}: {e}") from e
-    params = state_dict_to_params(ckpt["model"], config, strict=strict)
+    try:
+        params = state_dict_to_params(ckpt["model"], config, strict=strict)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from e
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     source = {"checkpoint": Path(path).name, "sha256": digest,
               "description": str(ckpt.get("description", ""))}

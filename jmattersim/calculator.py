@@ -16,6 +16,7 @@ from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, predict
 from .graph import batch_graphs, structure_graph
 from .io import Model, load_model
+from .validate import check_atoms, structure_label
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -66,13 +67,19 @@ class MatterSimCalculator(Calculator):
                   system_changes=all_changes):
         super().calculate(atoms, properties or ["energy"], system_changes)
         config = self.model.config
+        label = structure_label(None, self.atoms.numbers)
+        check_atoms(self.atoms, config, label)  # InvalidStructureError, naming atom and problem
         batch = batch_graphs([structure_graph(self.atoms, config)], config,
                              dtype=np.dtype(self.dtype))
         out = predict_jit(config, self._params, batch)
         n = len(self.atoms)
         energy = float(out.energy[0])
+        forces = np.asarray(out.forces[:n], dtype=float)
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            raise FloatingPointError(f"{label}: the model returned a non-finite energy or "
+                                     "forces (are the model's parameters finite?)")
         self.results.update(
-            energy=energy, free_energy=energy, forces=np.asarray(out.forces[:n], dtype=float)
+            energy=energy, free_energy=energy, forces=forces
         )
         if self.compute_stress:
             stress_gpa = np.asarray(out.stress[0], dtype=float) * EV_PER_A3_TO_GPA

@@ -18,6 +18,7 @@ from .calculator import default_dtype, predict_jit
 from .energy import EV_PER_A3_TO_GPA
 from .graph import StructureGraph, batch_graphs, bucket, structure_graph
 from .io import Model
+from .validate import check_structures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,13 @@ def evaluate_graphs(
 
 def evaluate(model: Model, structures: Iterable[Atoms], capacity: Capacity | None = None,
              dtype=None) -> list[Result]:
-    """Energy, forces and stress (GPa) of every structure, batched."""
+    """Energy, forces and stress (GPa) of every structure, batched.
+
+    Every structure is checked first (:func:`jmattersim.validate.check_atoms`): an
+    :class:`~jmattersim.validate.InvalidStructureError` names the first bad one by
+    its index ('structure 3 (Fe2O3): ...').
+    """
+    structures = list(structures)
+    check_structures(structures, model.config)
     graphs = [structure_graph(a, model.config) for a in structures]
     return list(evaluate_graphs(model, graphs, capacity, dtype))

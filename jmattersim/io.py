@@ -120,20 +120,69 @@ def load_model(path: str | os.PathLike) -> Model:
         from convert_weights.convert import convert_checkpoint
 
         return convert_checkpoint(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: expected a jmattersim model directory, a MatterSim .pth "
+            f"checkpoint or one of {', '.join(PRETRAINED)}; convert a MatterSim checkpoint "
+            "with `jmattersim-convert SRC OUT` first"
+        )
     meta_file = path / "config.json"
     if not meta_file.is_file():
         raise FileNotFoundError(
             f"{path} is not a jmattersim model directory (no config.json); convert a MatterSim "
             "checkpoint with `jmattersim-convert SRC OUT` first"
         )
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_file} is corrupt (not JSON: {e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_file} is not a jmattersim model config")
-    config = M3GNetConfig.from_model_args(meta["model_args"])
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(path.absolute() / "params")
+    if not isinstance(meta.get("model_args"), dict):
+        raise ValueError(f"{meta_file} is corrupt: no 'model_args' mapping")
+    try:
+        config = M3GNetConfig.from_model_args(meta["model_args"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{meta_file} has invalid model_args: {e}") from e
+    if not (path / "params").is_dir():
+        raise ValueError(f"{path} is incomplete: no params/ checkpoint beside config.json")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(path.absolute() / "params")
+    except Exception as e:  # Orbax/tensorstore raise many types for damaged files
+        raise ValueError(f"cannot restore the parameters in {path / 'params'} (corrupt or "
+                         f"partial checkpoint): {type(e).__name__}: {e}") from e
     params = jax.tree_util.tree_map(np.asarray, params)
+    check_params(params, config, str(path))
     return Model(config, params, meta.get("source", {}))
+
+
+def check_params(params: Any, config: M3GNetConfig, where: str = "model") -> None:
+    """Raises ValueError unless ``params`` has exactly the variables, shapes and
+    finite values that ``config`` needs: a damaged model never gives a number."""
+    from .energy import init_params
+
+    want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    flat_want = {jax.tree_util.keystr(k): v.shape
+                 for k, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    try:
+        flat_got = {jax.tree_util.keystr(k): np.asarray(v)
+                    for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    except Exception as e:  # pragma: no cover - exotic containers
+        raise ValueError(f"{where}: parameters are not a tree of arrays ({e})") from e
+    missing = sorted(set(flat_want) - set(flat_got))
+    extra = sorted(set(flat_got) - set(flat_want))
+    if missing or extra:
+        raise ValueError(f"{where}: parameters do not match {config}: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    for key, shape in flat_want.items():
+        value = flat_got[key]
+        stored_as = value.size == int(np.prod(shape)) and key.startswith("['constants']")
+        if value.shape != tuple(shape) and not stored_as:  # buffers: (1,) for a scalar
+            raise ValueError(f"{where}: parameter {key} has shape {value.shape}, expected "
+                             f"{tuple(shape)} for {config}")
+        if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            raise ValueError(f"{where}: parameter {key} is not finite floating point")
 
 
 def pretrained(name: str) -> Path:
