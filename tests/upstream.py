@@ -7,7 +7,6 @@ Only the tests import this module (torch and mattersim are test extras).
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from ase import Atoms
 
 warnings.filterwarnings("ignore", module="mattersim")
 from mattersim.datasets.utils.convertor import GraphConvertor  # noqa: E402
-from mattersim.forcefield.m3gnet.m3gnet import M3Gnet  # noqa: E402
 from mattersim.forcefield.potential import Potential, batch_to_dict  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
+
+from jmattersim.examples import random_checkpoint  # noqa: E402
 
 CONFIGS = {
     "1M": {"num_blocks": 3, "units": 128},  # mattersim-v1.0.0-1M
@@ -29,25 +29,10 @@ CONFIGS = {
 
 
 def make_checkpoint(path: Path, seed: int, **model_args) -> Path:
-    """Saves upstream's M3Gnet with seeded random weights via ``Potential.save``.
-
-    Weights are drawn with a gain that keeps activations of order one (upstream's
-    own init gives energies near zero, which would hide mapping errors), and the
-    per-element scale and shift are random (shift in [-10, 0] eV, scale in [0.5, 2]).
-    """
-    torch.manual_seed(seed)
-    model = M3Gnet(device="cpu", **model_args)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            fan_in = p.shape[1] if p.ndim == 2 else p.shape[0]
-            if name.startswith("atom_embedding"):
-                p.uniform_(-1.0, 1.0)  # one-hot input: fan-in of one
-            else:
-                p.normal_(0.0, 1.5 / math.sqrt(fan_in))
-        model.normalizer.scale.uniform_(0.5, 2.0)
-        model.normalizer.shift.uniform_(-10.0, 0.0)
-    Potential(model, device="cpu").save(str(path))
-    return path
+    """Upstream's M3Gnet with seeded random weights, saved by ``Potential.save``
+    (see :func:`jmattersim.examples.random_checkpoint`: a gain that keeps
+    activations of order one; random per-element scale and shift)."""
+    return random_checkpoint(path, seed, **model_args)
 
 
 def load_potential(path: Path) -> Potential:

@@ -1,0 +1,77 @@
+"""Models for notebooks and demos: the published checkpoint where it can be had,
+otherwise a genuine-format checkpoint with seeded random weights (clearly
+labelled: its numbers are not physics)."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+from .io import Model, cache_dir, init_model, load_model
+
+CONFIGS = {
+    "mattersim-v1.0.0-1M": {"num_blocks": 3, "units": 128},
+    "mattersim-v1.0.0-5M": {"num_blocks": 4, "units": 256},
+}
+
+
+def random_checkpoint(path: str | os.PathLike, seed: int = 0, **model_args) -> Path:
+    """Saves upstream MatterSim's M3Gnet with seeded random weights through its own
+    ``Potential.save`` (needs torch and the ``mattersim`` package).
+
+    Weights have a gain that keeps activations of order one, and the per-element
+    scale and shift are random (shift in [-10, 0] eV, scale in [0.5, 2]), so that a
+    wrong weight mapping cannot hide behind near-zero energies.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mattersim.forcefield.m3gnet.m3gnet import M3Gnet
+        from mattersim.forcefield.potential import Potential
+
+    torch.manual_seed(seed)
+    model = M3Gnet(device="cpu", **model_args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            fan_in = p.shape[1] if p.ndim == 2 else p.shape[0]
+            if name.startswith("atom_embedding"):
+                p.uniform_(-1.0, 1.0)  # one-hot input: fan-in of one
+            else:
+                p.normal_(0.0, 1.5 / math.sqrt(fan_in))
+        model.normalizer.scale.uniform_(0.5, 2.0)
+        model.normalizer.shift.uniform_(-10.0, 0.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Potential(model, device="cpu").save(str(path))
+    return path
+
+
+def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> tuple[Model, str]:
+    """(model, what it is). The published checkpoint ``name`` if it is cached or
+    can be downloaded; else upstream's model of that configuration with seeded
+    random weights, saved by upstream and converted by jmattersim (needs torch
+    and mattersim); else jmattersim's own random initialisation."""
+    try:
+        return load_model(name), f"the published {name} checkpoint"
+    except (ConnectionError, OSError, ValueError) as e:
+        reason = str(e).split(". ")[0]
+    path = cache_dir() / "demo" / f"random-{name}-seed{seed}.pth"
+    try:
+        if not path.is_file():
+            random_checkpoint(path, seed, **CONFIGS[name])
+        model = load_model(path)
+        kind = "a genuine-format checkpoint with seeded random weights"
+    except ImportError:
+        model = init_model(load_model_config(name), seed)
+        kind = "jmattersim's random initialisation"
+    return model, (f"{kind} in the {name} configuration ({reason}). "
+                   "Its energies, forces and stresses are NOT physics: they show the machinery.")
+
+
+def load_model_config(name: str):
+    from .config import M3GNetConfig
+
+    return M3GNetConfig(**CONFIGS[name])
