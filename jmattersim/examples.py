@@ -8,6 +8,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 from .io import Model, cache_dir, init_model, load_model
 
@@ -49,13 +50,25 @@ def random_checkpoint(path: str | os.PathLike, seed: int = 0, **model_args) -> P
     return path
 
 
-def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> tuple[Model, str]:
-    """(model, what it is). The published checkpoint ``name`` if it is cached or
+class Demo(NamedTuple):
+    """A model, what it is (a sentence to show), and its .pth file (None if
+    it has none)."""
+
+    model: Model
+    description: str
+    checkpoint: Path | None
+
+
+def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> Demo:
+    """A :class:`Demo`. The published checkpoint ``name`` if it is cached or
     can be downloaded; else upstream's model of that configuration with seeded
     random weights, saved by upstream and converted by jmattersim (needs torch
     and mattersim); else jmattersim's own random initialisation."""
     try:
-        return load_model(name), f"the published {name} checkpoint"
+        from convert_weights.convert import fetch_pretrained
+
+        path = fetch_pretrained(name)
+        return Demo(load_model(path), f"the published {name} checkpoint", path)
     except (ConnectionError, OSError, ValueError) as e:
         reason = str(e).split(". ")[0]
     path = cache_dir() / "demo" / f"random-{name}-seed{seed}.pth"
@@ -65,10 +78,11 @@ def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> tuple[Model,
         model = load_model(path)
         kind = "a genuine-format checkpoint with seeded random weights"
     except ImportError:
-        model = init_model(load_model_config(name), seed)
+        model, path = init_model(load_model_config(name), seed), None
         kind = "jmattersim's random initialisation"
-    return model, (f"{kind} in the {name} configuration ({reason}). "
-                   "Its energies, forces and stresses are NOT physics: they show the machinery.")
+    description = (f"{kind} in the {name} configuration ({reason}). Its energies, forces "
+                   "and stresses are NOT physics: they show the machinery.")
+    return Demo(model, description, path)
 
 
 def load_model_config(name: str):
