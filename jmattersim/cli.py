@@ -11,34 +11,45 @@ DEFAULT_MODEL = "mattersim-v1.0.0-1M"
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    import ase.io
-    import numpy as np
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.stress import full_3x3_to_voigt_6_stress
-    from ase.units import GPa
-
-    from .evaluate import evaluate
     from .io import load_model
+    from .sharding import graph_mesh
+    from .stream import predict_file, resume_point
+    from .validate import InvalidStructureError
 
     try:
         model = load_model(args.model)
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         print(f"jmattersim predict: cannot load model '{args.model}': {e}", file=sys.stderr)
         return 1
-    frames = ase.io.read(args.file, index=":")
-    out = Path(args.out) if args.out else Path(args.file).with_suffix(".jmattersim.extxyz")
+    src = Path(args.file)
+    if not src.is_file():
+        print(f"jmattersim predict: cannot read '{src}': no such file", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else src.with_suffix(".jmattersim.extxyz")
+    mesh = graph_mesh() if args.devices == "all" else None
+    done, _ = resume_point(model, src, out, args.chunk) if not args.restart else (0, 0)
+    if done:
+        print(f"jmattersim predict: resuming after {done} frames already in {out}")
     start = time.perf_counter()
-    results = evaluate(model, frames)
+    written = done
+    try:
+        for count in predict_file(model, src, out, chunk=args.chunk, mesh=mesh,
+                                  resume=not args.restart, progress=not args.quiet):
+            written = count
+    except InvalidStructureError as e:
+        print(f"jmattersim predict: {src}: {e} ({written} frames before it are in {out}; "
+              "fix the frame and rerun to resume)", file=sys.stderr)
+        return 1
+    except Exception as e:  # ASE raises many types for unreadable files
+        print(f"jmattersim predict: cannot read '{src}': {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 1
+    if written == 0:
+        print(f"jmattersim predict: '{src}' holds no structures", file=sys.stderr)
+        out.unlink(missing_ok=True)
+        return 1
     elapsed = time.perf_counter() - start
-    for atoms, res in zip(frames, results, strict=True):
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=res.energy, free_energy=res.energy, forces=res.forces,
-            stress=full_3x3_to_voigt_6_stress(res.stress) * GPa,  # eV/A^3, as ASE
-        )
-    ase.io.write(out, frames, format="extxyz")
-    energies = np.array([r.energy / len(a) for r, a in zip(results, frames, strict=True)])
-    print(f"{len(frames)} frames in {elapsed:.1f} s -> {out} "
-          f"(energy per atom {energies.min():.4f} .. {energies.max():.4f} eV)")
+    print(f"{written} frames ({written - done} now) in {elapsed:.1f} s -> {out}")
     return 0
 
 
@@ -51,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="converted model directory, a .pth checkpoint, or a published name "
                    f"(default {DEFAULT_MODEL})")
     p.add_argument("--out", help="output extxyz (default FILE.jmattersim.extxyz)")
+    p.add_argument("--chunk", type=int, default=64,
+                   help="frames evaluated and written at a time (default 64)")
+    p.add_argument("--devices", choices=["all", "one"], default="all",
+                   help="split batches across all local devices (default), or use one")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore an interrupted run's progress and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     return predict_command(args)
 
