@@ -176,8 +176,9 @@ class M3GNet(nn.Module):
     stacks share a matmul); False is the reference, upstream's layout. Same
     variables, same values up to float rounding.
     remat: recompute each interaction block in the backward pass
-    (``jax.checkpoint`` per block) instead of storing its intermediates: less
-    memory for gradients, same values, some extra time.
+    (``jax.checkpoint`` per block, the blocks run as a ``lax.scan``) instead of
+    storing its intermediates: less memory for gradients, same values, some
+    extra time.
     """
 
     config: M3GNetConfig
@@ -202,16 +203,36 @@ class M3GNet(nn.Module):
             edge_attr_zero
         )
         three_basis = SphericalBasisLayer(c, name="sbf")(edge_length[ik], cos_jik)
-        block = nn.remat(MainBlock) if self.remat else MainBlock
-        for b in range(c.num_blocks):
-            atom_attr, edge_attr = block(c, self.fast, name=f"graph_conv_{b}")(
-                atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length
-            )
+        blocks = [MainBlock(c, self.fast, name=f"graph_conv_{b}") for b in range(c.num_blocks)]
+        if self.remat and not self.is_initializing():
+            atom_attr, edge_attr = _remat_blocks(
+                MainBlock(c, self.fast), [self.variables["params"][b.name] for b in blocks],
+                atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length)
+        else:
+            for block in blocks:
+                atom_attr, edge_attr = block(
+                    atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length)
         gated = FastGatedMLP if self.fast else GatedMLP
         final = gated((c.units, c.units, 1), ("swish", "swish", None), name="final")
         energies = final(atom_attr)[:, 0]
         return AtomScaling(c.num_species, self.soft_normalize, name="normalizer")(
             energies, x.atom_types)
+
+
+def _remat_blocks(block: MainBlock, params: list, atom_attr: Array, edge_attr: Array,
+                  *shared) -> tuple[Array, Array]:
+    """The interaction blocks as one ``lax.scan`` over their stacked weights, its
+    body under ``jax.checkpoint``: the backward pass recomputes each block inside
+    its own loop iteration, so only one block's intermediates are ever live (a
+    checkpointed block outside a loop leaves XLA free to recompute it early)."""
+    stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *params)
+
+    def body(carry, weights):
+        return block.apply({"params": weights}, *carry, *shared), None
+
+    carry, _ = jax.lax.scan(jax.checkpoint(body, prevent_cse=False), (atom_attr, edge_attr),
+                            stacked)
+    return carry
 
 
 def _constants(module: nn.Module, values: dict, dtype) -> dict[str, Array]:
