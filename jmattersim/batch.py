@@ -31,6 +31,7 @@ from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict
 from .graph import molecule_box, neighbor_list, triplet_indices
 from .io import Model
 from .neighbors import Capacity, bucket_up, candidate_pairs, neighbors_in_threebody
+from .validate import check_arrays, structure_label
 
 Array = jnp.ndarray
 
@@ -168,6 +169,10 @@ def forward_batch(
     may be omitted when ``atoms_list`` gives it. Returns ``total_energy`` (G,)
     eV, and ``forces`` (ΣN, 3) eV/Å and ``stresses`` (G, 3, 3) GPa when asked.
 
+    Concrete inputs are checked first (:func:`jmattersim.validate.check_arrays`):
+    an :class:`~jmattersim.validate.InvalidStructureError` names the structure,
+    the atom and the problem.
+
     Differentiable: ``jax.grad`` of a function of the outputs reaches
     atom_types, positions, lattice and params (forces and stresses included).
     Called with concrete arrays it picks the capacity itself and runs one
@@ -208,6 +213,11 @@ def forward_batch(
         positions = jnp.einsum("ni,nij->nj", positions, lattice[sizes_to_batch_index(sizes)])
     pbc = np.ones((len(sizes), 3), bool) if pbc is None else np.asarray(pbc, bool)
     n_atoms, n_graphs = int(sizes.sum()), len(sizes)
+    if not traced:  # inside jit, see jmattersim.validate.checked_energy_fn
+        labels = None
+        if atoms_list is not None and len(atoms_list) == n_graphs:
+            labels = [structure_label(k, a.numbers) for k, a in enumerate(atoms_list)]
+        check_arrays(atom_types, positions, lattice, sizes, config, labels=labels)
 
     if mesh is not None:
         if traced:

@@ -409,3 +409,18 @@ def test_jitted_inverse_design_loop(model):
     assert step._cache_size() == 1
     assert values[-1] < values[0] - 1e-3
     assert np.mean(np.diff(values) <= 1e-6) >= 0.95, values
+
+
+def test_forward_batch_rejects_bad_input_naming_it(model):
+    from jmattersim.validate import InvalidStructureError
+
+    si = small_cell()
+    close = si.copy()
+    close.positions[1] = close.positions[0] + [0.2, 0.2, 0.2]
+    with pytest.raises(InvalidStructureError, match=r"structure 1 \(Si2\): atoms 0 and 1 are "
+                       r"0\.346 Å apart"):
+        forward_batch(model, [si, close])
+    at, pos, lat = (np.asarray(x) for x in arrays(si, model.config))
+    pos[1, 0] = np.nan
+    with pytest.raises(InvalidStructureError, match="positions of atom.* 1 are NaN"):
+        forward_batch(model, atom_types=at, positions=pos, lattice=lat[None], sizes=[2])
