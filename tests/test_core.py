@@ -420,7 +420,7 @@ def test_forward_batch_rejects_bad_input_naming_it(model):
     with pytest.raises(InvalidStructureError, match=r"structure 1 \(Si2\): atoms 0 and 1 are "
                        r"0\.346 Å apart"):
         forward_batch(model, [si, close])
-    at, pos, lat = (np.asarray(x) for x in arrays(si, model.config))
+    at, pos, lat = (np.array(x) for x in arrays(si, model.config))
     pos[1, 0] = np.nan
     with pytest.raises(InvalidStructureError, match="positions of atom.* 1 are NaN"):
         forward_batch(model, atom_types=at, positions=pos, lattice=lat[None], sizes=[2])
