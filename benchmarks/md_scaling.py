@@ -1,0 +1,167 @@
+"""Long runs behind the jax-md acceptance figures (CPU; minutes each).
+
+    python benchmarks/md_scaling.py scaling [--sizes 3 4 5 6 8 10] [--steps 3]
+    python benchmarks/md_scaling.py nve     [--steps 1000]    # float64 and float32
+    python benchmarks/md_scaling.py nvt     [--steps 2000]
+    python benchmarks/md_scaling.py relax
+
+The model is MatterSim's 1M architecture (3 blocks, 128 units) with the seeded random
+weights of the test suite (``tests/upstream.py``: upstream's M3Gnet, saved by
+upstream, converted), or ``--model PATH`` (a converted directory or a .pth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from ase.build import bulk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def random_1m(cache: Path):
+    import jmattersim
+
+    path = cache / "random-1M.pth"
+    if not path.exists():
+        import upstream
+
+        cache.mkdir(parents=True, exist_ok=True)
+        upstream.make_checkpoint(path, 0, **upstream.CONFIGS["1M"])
+    return jmattersim.load_model(path)
+
+
+def si(reps: int, a: float = 5.43):
+    return bulk("Si", "diamond", a, cubic=True).repeat(reps)
+
+
+def scaling(model, sizes, steps):
+    """Time of one NVE step (velocity Verlet + neighbour update) for Si supercells."""
+    from jax_md import simulate, space
+
+    from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list
+
+    print(f"{'atoms':>6} {'method':>10} {'ms/step':>10} {'us/atom/step':>13} {'compile s':>10}")
+    rows = []
+    for reps in sizes:
+        atoms = si(reps)
+        atoms.rattle(0.02, seed=0)
+        R, box, species = atoms_to_jax_md(atoms)
+        neighbor_fn, energy_fn = mattersim_neighbor_list(model, box, species, dr_threshold=0.25)
+        _, shift = space.periodic_general(box, fractional_coordinates=True)
+        init, apply = simulate.nve(energy_fn, shift, 1.0 * 0.09822694788464063)
+        nbrs = neighbor_fn.allocate(R)
+        state = jax.jit(init)(jax.random.PRNGKey(0), R, 0.0259, mass=28.0855, neighbor=nbrs)
+
+        def step_fn(state, nbrs, apply=apply):
+            state = apply(state, neighbor=nbrs)
+            return state, nbrs.update(state.position)
+
+        step = jax.jit(step_fn)
+
+        t0 = time.perf_counter()
+        state, nbrs = jax.block_until_ready(step(state, nbrs))
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, nbrs = step(state, nbrs)
+        jax.block_until_ready(state)
+        dt = (time.perf_counter() - t0) / steps
+        assert not bool(nbrs.did_buffer_overflow)
+        n = len(atoms)
+        rows.append((n, dt))
+        print(f"{n:6d} {nbrs.capacity.method:>10} {dt * 1e3:10.1f} {dt / n * 1e6:13.1f} "
+              f"{compile_s:10.1f}", flush=True)
+    per_atom = np.array([t / n for n, t in rows])
+    print(f"cost per atom, max/min over sizes: {per_atom.max() / per_atom.min():.2f}")
+
+
+def nve(model, steps):
+    from jmattersim.md import md
+
+    for x64 in (True, False):
+        with jax.enable_x64(x64):
+            atoms = si(2)
+            t0 = time.perf_counter()
+            _, log = md(model, atoms, steps, dt=1.0, ensemble="nve", temperature=300.0,
+                        chunk=100, log_every=10, progress=False)
+            e = log["conserved"] / len(atoms)
+            slope = np.polyfit(log["time_fs"], e, 1)[0] * log["time_fs"][-1]
+            print(f"NVE {'float64' if x64 else 'float32'} {len(atoms)} Si, {steps} fs: "
+                  f"max-min E_tot {np.ptp(e):.2e} eV/atom, |E(end)-E(0)| "
+                  f"{abs(e[-1] - e[0]):.2e}, linear drift {slope:.2e} eV/atom over the run, "
+                  f"<T> {log['temperature'].mean():.0f} K, {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+
+
+def nvt(model, steps):
+    from jmattersim.md import md
+
+    for ensemble in ("nvt_nose_hoover", "nvt_langevin"):
+        atoms = si(2)
+        _, log = md(model, atoms, steps, dt=1.0, ensemble=ensemble, temperature=600.0,
+                    tau_t=50.0, friction=0.02, chunk=100, log_every=10, progress=False)
+        half = log["temperature"][len(log["temperature"]) // 2:]
+        print(f"{ensemble} {len(atoms)} Si, {steps} fs at 600 K: mean T over 2nd half "
+              f"{half.mean():.1f} K ({(half.mean() / 600 - 1) * 100:+.2f} %)", flush=True)
+
+
+def relax_figures(model):
+    import ase.io
+
+    from jmattersim.relax import relax
+
+    atoms = si(2)
+    atoms.rattle(0.1, seed=2)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + [[0.03, 0.01, 0], [0.01, -0.02, 0],
+                                                    [0, 0, 0.02]]), scale_atoms=True)
+    t0 = time.perf_counter()
+    out = relax(model, atoms, fmax=0.01, smax=0.02, max_steps=2000)
+    gpa = np.abs(out.get_stress(voigt=False)).max() / 0.006241509125883258
+    print(f"Si 64 relax: converged {out.info['relax_converged']} in {out.info['relax_steps']} "
+          f"steps, max |F| {np.abs(out.get_forces()).max():.2e} eV/A, max |sigma| {gpa:.3f} GPa, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    frames = ase.io.read(ROOT.parent / "shared" / "data" / "mptrj-random-1k.xyz", ":")
+    from jmattersim.neighbors import capacity_for
+
+    picks = [a for a in frames if len(a) == 4][:16]
+    cap = capacity_for(picks, model.config, 1.5)  # one compiled loop for the singles
+    batched = relax(model, picks, fmax=0.01, smax=0.02, max_steps=2000)
+    single = [relax(model, a, fmax=0.01, smax=0.02, max_steps=2000, capacity=cap)
+              for a in picks]
+    diff = max(abs(b.get_potential_energy() - s.get_potential_energy()) / len(b)
+               for b, s in zip(batched, single, strict=True))
+    print(f"16 frames batched vs single: max |dE| {diff:.2e} eV/atom; converged "
+          f"{sum(b.info['relax_converged'] for b in batched)}/16", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["scaling", "nve", "nvt", "relax"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--cache", default="/tmp/jmattersim-bench")
+    args = parser.parse_args()
+    import jmattersim
+
+    model = jmattersim.load_model(args.model) if args.model else random_1m(Path(args.cache))
+    if args.what == "scaling":
+        scaling(model, args.sizes, args.steps or 3)
+    elif args.what == "nve":
+        nve(model, args.steps or 1000)
+    elif args.what == "nvt":
+        nvt(model, args.steps or 2000)
+    else:
+        relax_figures(model)
+
+
+if __name__ == "__main__":
+    main()

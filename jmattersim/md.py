@@ -1,0 +1,212 @@
+"""Molecular dynamics with jax-md: steps in ``lax.scan`` chunks, a neighbour update
+every step, re-allocation and a redo of the chunk on overflow, trajectory output
+and a progress bar at chunk edges.
+
+Units: eV, Å, amu; jax-md's time unit is Å sqrt(amu/eV) (``ase.units.fs`` of it
+is one fs), so momenta are ASE's. Temperatures are kelvin at this interface, k_B T
+in eV inside; pressure in GPa here, eV/Å^3 inside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import ase.io
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+from jax_md import quantity, simulate, space
+
+from .energy import EV_PER_A3_TO_GPA
+from .io import Model
+from .jax_md import atoms_to_jax_md, mattersim_neighbor_list
+
+ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")
+
+
+def _simulator(ensemble: str, energy_fn: Callable, shift_fn: Callable, dt: float, kT: float,
+               pressure: float, tau_t: float, tau_p: float, friction: float):
+    if ensemble == "nve":
+        return simulate.nve(energy_fn, shift_fn, dt)
+    if ensemble == "nvt_nose_hoover":
+        return simulate.nvt_nose_hoover(energy_fn, shift_fn, dt, kT, tau=tau_t)
+    if ensemble == "nvt_langevin":
+        return simulate.nvt_langevin(energy_fn, shift_fn, dt, kT, gamma=friction)
+    if ensemble == "npt_nose_hoover":
+        return simulate.npt_nose_hoover(energy_fn, shift_fn, dt, pressure, kT,
+                                        barostat_kwargs={"tau": tau_p},
+                                        thermostat_kwargs={"tau": tau_t})
+    raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+
+
+def md(
+    model: Model,
+    atoms: Atoms,
+    steps: int,
+    dt: float = 1.0,
+    ensemble: str = "nve",
+    temperature: float = 300.0,
+    pressure: float = 0.0,
+    *,
+    tau_t: float = 100.0,
+    tau_p: float = 1000.0,
+    friction: float = 0.01,
+    chunk: int = 100,
+    log_every: int = 10,
+    trajectory: str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    dr_threshold: float = 0.25,
+    capacity_multiplier: float = 1.25,
+    dtype=None,
+) -> tuple[Atoms, dict[str, np.ndarray]]:
+    """Runs ``steps`` steps of ``ensemble`` from ``atoms`` (periodic).
+
+    dt fs; temperature K (initial Maxwell-Boltzmann momenta, and the thermostat's
+    target); pressure GPa (NPT); tau_t, tau_p fs: Nose-Hoover time scales; friction
+    1/fs (Langevin). Steps run ``chunk`` at a time in one compiled ``lax.scan``
+    (``steps`` is rounded up to whole chunks); the neighbour list is updated every
+    step, and a chunk whose list overflowed is redone after a re-allocation (1.5x
+    more headroom each time). Energies are logged every ``log_every`` steps; a frame
+    goes to ``trajectory`` (``.traj``, ``.xyz``/``.extxyz``) at each chunk edge.
+
+    Returns the final structure (positions, cell, momenta; a single-point calculator
+    with energy, forces) and a log {"time_fs", "potential_energy", "kinetic_energy",
+    "temperature", "conserved", "volume", "pressure", "reallocations"} (eV, K, Å^3,
+    GPa; "conserved" is the ensemble's invariant).
+    """
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+    if chunk % log_every:
+        raise ValueError("chunk must be a multiple of log_every")
+    R, box, species = atoms_to_jax_md(atoms, dtype)
+    dtype = R.dtype
+    mass = jnp.asarray(atoms.get_masses(), dtype)
+    neighbor_fn, energy_fn = mattersim_neighbor_list(
+        model, box, species, dr_threshold=dr_threshold,
+        capacity_multiplier=capacity_multiplier, dtype=dtype)
+    _, shift_fn = space.periodic_general(box, fractional_coordinates=True)
+    kT = units.kB * temperature
+    p_internal = pressure / EV_PER_A3_TO_GPA
+    init_fn, apply_fn = _simulator(ensemble, energy_fn, shift_fn, dt * units.fs, kT, p_internal,
+                                   tau_t * units.fs, tau_p * units.fs, friction / units.fs)
+    npt = ensemble == "npt_nose_hoover"
+
+    def box_of(state):
+        return simulate.npt_box(state) if npt else box
+
+    def invariant(state, nbrs):
+        b = box_of(state)
+        pe = energy_fn(state.position, neighbor=nbrs, box=b)
+        ke = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
+        if ensemble == "nvt_nose_hoover":
+            conserved = simulate.nvt_nose_hoover_invariant(energy_fn, state, kT, neighbor=nbrs)
+        elif npt:
+            conserved = simulate.npt_nose_hoover_invariant(energy_fn, state, p_internal, kT,
+                                                           neighbor=nbrs)
+        else:
+            conserved = pe + ke
+        volume = jnp.abs(jnp.linalg.det(b))
+        pres = quantity.pressure(energy_fn, state.position, b, ke, neighbor=nbrs)
+        return jnp.stack([pe, ke, conserved, volume, pres])
+
+    def step(carry, _):
+        state, nbrs = carry
+        state = apply_fn(state, neighbor=nbrs)
+        nbrs = nbrs.update(state.position, box=box_of(state))
+        return (state, nbrs), None
+
+    def logged(carry, _):
+        carry, _ = jax.lax.scan(step, carry, None, length=log_every)
+        return carry, invariant(*carry)
+
+    @jax.jit
+    def run_chunk(state, nbrs):
+        return jax.lax.scan(logged, (state, nbrs), None, length=chunk // log_every)
+
+    key = jax.random.PRNGKey(seed)
+    headroom, reallocations = capacity_multiplier, 0
+    nbrs = neighbor_fn.allocate(R)
+    while bool(nbrs.did_buffer_overflow):  # only with a capacity_multiplier below 1
+        headroom *= 1.5
+        reallocations += 1
+        nbrs = neighbor_fn.allocate(R, capacity_multiplier=headroom)
+    @jax.jit
+    def start(key, R, nbrs):
+        kw = {"mass": mass, "neighbor": nbrs}
+        if ensemble == "nve":
+            state = init_fn(key, R, kT, **kw)
+        elif npt:
+            state = init_fn(key, R, box, **kw)
+        else:
+            state = init_fn(key, R, **kw)
+        return state, invariant(state, nbrs)
+
+    state, first = start(key, R, nbrs)
+    log = [np.asarray(first)]
+    if trajectory:
+        ase.io.write(trajectory, _frame(atoms, state, box_of(state), log[-1][0]))
+    n_chunks = math.ceil(steps / chunk)
+    bar = _progress(n_chunks * chunk, progress)
+    for _ in range(n_chunks):
+        while True:
+            (new_state, new_nbrs), obs = run_chunk(state, nbrs)
+            if not bool(new_nbrs.did_buffer_overflow):
+                break
+            headroom *= 1.5  # re-allocate at the chunk's start and redo it
+            reallocations += 1
+            nbrs = neighbor_fn.allocate(state.position, box=box_of(state),
+                                        capacity_multiplier=headroom)
+        state, nbrs = new_state, new_nbrs
+        log.append(np.asarray(obs))
+        if trajectory:
+            ase.io.write(trajectory, _frame(atoms, state, box_of(state), log[-1][-1, 0]),
+                         append=True)
+        bar.update(chunk)
+    bar.close()
+    table = np.concatenate([log[0][None]] + log[1:])
+    n = len(atoms)
+    out = {
+        "time_fs": np.arange(len(table)) * log_every * dt,
+        "potential_energy": table[:, 0],
+        "kinetic_energy": table[:, 1],
+        "temperature": 2 * table[:, 1] / (3 * n * units.kB),
+        "conserved": table[:, 2],
+        "volume": table[:, 3],
+        "pressure": table[:, 4] * EV_PER_A3_TO_GPA,
+        "reallocations": np.asarray(reallocations),
+    }
+    return _frame(atoms, state, box_of(state), table[-1, 0]), out
+
+
+def _frame(atoms: Atoms, state: Any, box, energy: float) -> Atoms:
+    """ASE Atoms of a jax-md state (cell = box.T, r = R @ box.T), energy and forces."""
+    cell = np.asarray(box, float).T
+    frame = Atoms(atoms.numbers, cell=cell, pbc=atoms.pbc,
+                  scaled_positions=np.asarray(state.position, float) % 1.0)
+    frame.set_momenta(np.asarray(state.momentum, float))
+    frame.calc = SinglePointCalculator(frame, energy=float(energy),
+                                       forces=np.asarray(state.force, float))
+    return frame
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional
+        return _NoBar()
+    return tqdm(total=total, unit="step")
