@@ -81,9 +81,21 @@ class Quiet:
         return "converted 1M model"
 
 
+WORST: dict[str, float] = {}  # largest relative error seen per quantity, for the log
+
+
 @pytest.fixture(scope="module")
-def model(converted):
-    return Quiet(jmattersim.load_model(converted["1M"]))
+def model(converted, request):
+    with jax.enable_x64(True):  # cast once, not at every call
+        model = jmattersim.load_model(converted["1M"]).astype(jnp.float64)
+    yield Quiet(model)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin(
+        "capturemanager")
+    if reporter is not None and capture is not None and WORST:
+        worst = ", ".join(f"{k} {v:.1e}" for k, v in sorted(WORST.items()))
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\ninvariances, worst |diff| / max(1, |value|): {worst}")
 
 
 def run(model, structures: list[Atoms]):
@@ -100,6 +112,7 @@ def check_result(res) -> None:
     """Forces sum to zero; stress is symmetric."""
     scale = max(1.0, float(np.abs(res.forces).max()))
     net = float(np.abs(res.forces.sum(axis=0)).max())
+    WORST["net force"] = max(WORST.get("net force", 0.0), net / scale)
     assert net <= RTOL * scale * len(res.forces), f"forces sum to {net:.3g}, not zero"
     close(res.stress, res.stress.T, "stress symmetric")
 
@@ -108,6 +121,7 @@ def close(a, b, what: str) -> None:
     a, b = np.asarray(a, float), np.asarray(b, float)
     scale = max(1.0, float(np.abs(b).max()))
     err = float(np.abs(a - b).max())
+    WORST[what] = max(WORST.get(what, 0.0), err / scale)
     assert err <= RTOL * scale, f"{what}: max |diff| {err:.3g} (scale {scale:.3g})"
 
 
@@ -263,9 +277,12 @@ def test_energies_are_not_trivial(model):
     assert abs(rb.energy / 2 - ra.energy) > 1e-3
     assert np.abs(rb.forces).max() > 1e-2
     assert np.abs(rb.stress - np.diag(np.diag(rb.stress))).max() > 1e-3
+    seen = dict(WORST)  # the broken results below must not count in the log
     net_force = dataclasses.replace(rb, forces=rb.forces + [1e-6, 0.0, 0.0])
     with pytest.raises(AssertionError, match="not zero"):
         check_result(net_force)
     asymmetric = dataclasses.replace(rb, stress=rb.stress + np.triu(np.full((3, 3), 1e-6), 1))
     with pytest.raises(AssertionError, match="stress symmetric"):
         check_result(asymmetric)
+    WORST.clear()
+    WORST.update(seen)
