@@ -8,10 +8,11 @@ reduced cell the same); forces sum to zero; stress is symmetric.
 The model is the converted 1M checkpoint with seeded random weights and random
 per-element scale and shift (energies of several eV per atom, forces of order
 eV/Å), run in float64 so that the tolerances can be tight: every quantity is a
-sum of at most ~10^4 terms of order 10, so float64 rounding is ~1e-12 relative;
-the tolerances (1e-9 relative, floored at 1 eV, eV/Å or eV/Å^3) leave a margin
-of ~1000 and still catch any real error (a float32 path, a missed image, a
-wrong sign: all >= 1e-7 relative). Every structure goes through one compiled
+sum of at most ~10^4 terms of order 10, so float64 rounding is ~1e-14 relative
+(the worst seen over the ci profile: 4e-14, logged at the end of the module);
+the tolerance, 1e-11 relative to max(1, |value|) (eV, eV/Å, GPa), leaves a margin
+of ~300 and still catches any real error (a float32 step, a missed image, a
+wrong sign or unit: all >= 1e-7 relative). Every structure goes through one compiled
 function (:func:`jmattersim.evaluate` with a fixed padded capacity).
 
 Profiles: "ci" (100 examples per test, the default) and "long" (2000), chosen by
@@ -68,7 +69,7 @@ PROFILE = _profile()
 # 18-30 Å^3 per atom (a typical solid's density; ~30 bonds and ~150 triplets per
 # atom); a batch that does not fit is split into calls of the same shape.
 CAPACITY = Capacity(nodes=16, edges=768, triplets=4096, graphs=4)
-RTOL = 1e-9  # relative to max(1, |quantity|): see the module docstring
+RTOL = 1e-11  # relative to max(1, |quantity|): see the module docstring
 
 
 class Quiet:
