@@ -16,8 +16,17 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Property-test profiles: "ci" (default) and "long", chosen with
+# --hypothesis-profile=long or JMATTERSIM_HYPOTHESIS=long (registered here, before
+# the hypothesis plugin reads the option).
+_PROFILE = dict(deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.register_profile("ci", max_examples=100, **_PROFILE)
+settings.register_profile("long", max_examples=2000, **_PROFILE)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("JMATTERSIM_SHARED", REPO.parent / "shared"))
