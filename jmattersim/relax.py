@@ -215,6 +215,7 @@ def relax(
     fire: FireParams = FireParams(),
     headroom: float = 1.25,
     capacity: Capacity | None = None,
+    max_reallocations: int = 6,
     dtype=None,
 ) -> Atoms | list[Atoms]:
     """Relaxes one structure or a list of them together (one compiled loop).
@@ -223,8 +224,8 @@ def relax(
     relaxation only); cell_factor: weight of the cell's degrees of freedom
     (default: the number of atoms, as ``FrechetCellFilter``); max_steps: FIRE steps;
     capacity: the topology's starting capacity (default: measured with ``headroom``;
-    grown by 1.5x whenever it overflows). Structures of one size and one capacity
-    share one compiled loop.
+    grown by 1.5x whenever it overflows, at most ``max_reallocations`` times, then a
+    RuntimeError). Structures of one size and one capacity share one compiled loop.
     Periodic structures only. Returns copies of the structures (relaxed positions
     and cell) with a single-point calculator holding energy (eV), forces (eV/Å) and
     stress (eV/Å^3, ASE's Voigt order), and ``info["relax_converged"]``,
@@ -252,12 +253,18 @@ def relax(
         converged=np.zeros(n_graph, bool), steps=np.zeros(n_graph, np.int32),
         energy=np.zeros(n_graph, dtype), forces=zeros_n, stress=zeros_g)
     args = (config, params, atom_types, cells, n_node, node_mask, factors)
+    reallocations = 0
     while True:
         budget = max_steps - int(np.max(state.steps))
         state, overflow = _relax_loop(*args, state, fmax, smax, budget, capacity=capacity,
                                       relax_cell=relax_cell, fire=fire)
         if not bool(overflow):
             break
+        reallocations += 1
+        if reallocations > max_reallocations:
+            raise RuntimeError(
+                f"the topology outgrew its capacity {max_reallocations} times (last {capacity}):"
+                " a cell collapsing or atoms piling up? (max_reallocations)")
         capacity = capacity.scaled(1.5)  # re-allocate; go on from the last good state
     state = jax.tree_util.tree_map(np.asarray, state)
     f = np.stack([_expm_np(c / k) for c, k in zip(state.c, factors, strict=True)])
