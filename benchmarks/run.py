@@ -423,8 +423,19 @@ def child(workload: str, impl: str, name: str, quick: bool) -> None:
     else:
         raise ValueError(workload)
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mib": peak}))
+    print(json.dumps({"peak_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-set high-water mark (VmHWM; ``ru_maxrss`` would
+    carry over the parent's through fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def remat_memory(name: str, n_atoms: int = 1000) -> dict:
@@ -536,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.quick)
     only = set(args.only or "abcd")
     rows: list[dict] = []
-    previous = HERE / f"results{'-quick' if args.quick else ''}.json"
+    previous = HERE / "results.json"
     if args.only and previous.exists():  # a partial rerun replaces its own rows only
         rows = json.loads(previous.read_text())["rows"]
     info = {"machine": machine(), "quick": args.quick}
@@ -647,7 +658,8 @@ def table(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
-    md = [f"Machine: {info['machine']}.", "",
+    mode = "--quick" if info["quick"] else "full"
+    md = [f"`python benchmarks/run.py` ({mode} run). Machine: {info['machine']}.", "",
           "float32 matmul (jax, jit): "
           + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in info["matmul_gflops"].items()),
           "", table(rows), "",
@@ -656,11 +668,10 @@ def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
     text = "\n".join(md)
     if not quiet:
         print("\n" + text)
-    suffix = "-quick" if info["quick"] else ""
-    (HERE / f"results{suffix}.md").write_text(text)
-    (HERE / f"results{suffix}.json").write_text(json.dumps({"info": info, "rows": rows},
-                                                           indent=2, default=str))
-    plot(rows, HERE / f"results{suffix}.png")
+    (HERE / "results.md").write_text(text)
+    (HERE / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2,
+                                                  default=str))
+    plot(rows, HERE / "results.png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
