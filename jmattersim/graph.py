@@ -26,6 +26,7 @@ import numpy as np
 from ase.neighborlist import primitive_neighbor_list
 
 from .config import M3GNetConfig
+from .neighbors import image_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +75,39 @@ def neighbor_list(
     """All (i, j, n) with |r_i - (r_j + n @ cell)| < cutoff, no self pair at n = 0.
 
     Any cell: many images where it is shorter than the cutoff, triclinic, partly
-    periodic. Returns senders i, receivers j, shifts n (E, 3) int, distances (E,).
-    Sorted by sender (upstream orders its bonds so too).
+    periodic. Returns senders i, receivers j, shifts n (E, 3) int, distances (E,),
+    sorted by sender, then receiver (upstream orders its bonds by sender too).
+    Vectorised over all candidate pairs (atoms wrapped into the cell, every image
+    within range); large structures go through ASE's linear-scaling list.
     """
-    i, j, shifts, d = primitive_neighbor_list(
-        "ijSd", np.asarray(pbc, bool), np.asarray(cell, float), np.asarray(positions, float),
-        cutoff, self_interaction=False, use_scaled_positions=False,
-    )
-    order = np.lexsort((j, i))
-    return i[order], j[order], shifts[order].astype(np.int64), d[order]
+    positions = np.asarray(positions, float)
+    cell = np.asarray(cell, float)
+    pbc = np.asarray(pbc, bool)
+    n = len(positions)
+    reach = image_range(cell, cutoff) * pbc
+    images = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"),
+                      axis=-1).reshape(-1, 3)
+    if n * n * len(images) > _DENSE_PAIRS:
+        i, j, shifts, d = primitive_neighbor_list(
+            "ijSd", pbc, cell, positions, cutoff, self_interaction=False,
+            use_scaled_positions=False)
+        order = np.lexsort((j, i))
+        return i[order], j[order], shifts[order].astype(np.int64), d[order]
+    wrap = np.where(pbc, np.floor(np.linalg.solve(cell.T, positions.T).T), 0.0)
+    wrapped = positions - wrap @ cell
+    vec = (wrapped[:, None, None, :]
+           - (wrapped[None, :, None, :] + (images @ cell)[None, None, :, :]))  # (N, N, M, 3)
+    d2 = np.einsum("ijmk,ijmk->ijm", vec, vec)
+    within = d2 < cutoff * cutoff
+    zero = int(np.flatnonzero((images == 0).all(axis=1))[0])
+    within[np.arange(n), np.arange(n), zero] = False
+    i, j, m = np.nonzero(within)
+    shifts = (images[m] + wrap[i] - wrap[j]).astype(np.int64)
+    return i, j, shifts, np.sqrt(d2[i, j, m])
+
+
+# Candidate pairs (N^2 x images) above which neighbor_list uses ASE's cell list.
+_DENSE_PAIRS = 2_000_000
 
 
 def triplet_indices(senders: np.ndarray, distances: np.ndarray, cutoff: float) -> np.ndarray:
