@@ -9,6 +9,7 @@ Edge sets of all 1000 frames are computed in vmapped buckets of one padded shape
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 
@@ -250,10 +251,15 @@ def test_energy_forces_match_calculator_on_mptrj(frames, model_1m):
         group = [picks[k] for k in members]
         images = tuple(np.max([image_range(a.cell.array.T, CUTOFF + skin, a.pbc)
                                for a in group], axis=0).tolist())
-        graphs = [structure_graph(a, config) for a in group]
-        max_edges = int(max(g.n_edge for g in graphs) * 1.6) + 8
-        max_triplets = int(max(g.n_triplet for g in graphs) * 2.0) + 8
-        pos, boxes, types, mask, nbrs = _batched_lists(group, size, images, max_edges, 40,
+        # capacities of the lists with the skin, measured on the host
+        skinned = dataclasses.replace(config, cutoff=CUTOFF + skin,
+                                      threebody_cutoff=CUTOFF3 + skin)
+        graphs = [structure_graph(a, skinned) for a in group]
+        max_edges = max(g.n_edge for g in graphs) + 8
+        max_triplets = max(g.n_triplet for g in graphs) + 8
+        max_k = max(int(np.bincount(g.senders[np.unique(g.triplets[:, 0])]).max())
+                    for g in graphs if g.n_triplet) + 1
+        pos, boxes, types, mask, nbrs = _batched_lists(group, size, images, max_edges, max_k,
                                                        max_triplets, skin)
         assert not np.asarray(nbrs.error).any()
         n_real = jnp.asarray([len(a) for a in group])
