@@ -92,18 +92,18 @@ def scaling(model, sizes, steps):
     print(f"cost per atom, max/min over sizes: {per_atom.max() / per_atom.min():.2f}")
 
 
-def nve(model, steps):
+def nve(model, steps, a=5.43):
     from jmattersim.md import md
 
     for x64 in (True, False):
         with jax.enable_x64(x64):
-            atoms = si(2)
+            atoms = si(2, a)
             t0 = time.perf_counter()
             _, log = md(model, atoms, steps, dt=1.0, ensemble="nve", temperature=300.0,
                         chunk=100, log_every=10, progress=False)
             e = log["conserved"] / len(atoms)
             slope = np.polyfit(log["time_fs"], e, 1)[0] * log["time_fs"][-1]
-            print(f"NVE {'float64' if x64 else 'float32'} {len(atoms)} Si, {steps} fs: "
+            print(f"NVE {'float64' if x64 else 'float32'} {len(atoms)} Si (a = {a} A), {steps} fs: "
                   f"max-min E_tot {np.ptp(e):.2e} eV/atom, |E(end)-E(0)| "
                   f"{abs(e[-1] - e[0]):.2e}, linear drift {slope:.2e} eV/atom over the run, "
                   f"<T> {log['temperature'].mean():.0f} K, {time.perf_counter() - t0:.0f} s",
@@ -158,6 +158,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--lattice", type=float, default=5.43, help="Si lattice constant (nve)")
     parser.add_argument("--arch", choices=sorted(ARCHS), default="1M",
                         help="random-weights architecture when no --model is given")
     parser.add_argument("--cache", default="/tmp/jmattersim-bench")
@@ -171,7 +172,7 @@ def main():
     if args.what == "scaling":
         scaling(model, args.sizes, args.steps or 3)
     elif args.what == "nve":
-        nve(model, args.steps or 1000)
+        nve(model, args.steps or 1000, args.lattice)
     elif args.what == "nvt":
         nvt(model, args.steps or 2000)
     else:

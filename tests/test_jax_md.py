@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
+from ase.neighborlist import primitive_neighbor_list
 
 import jmattersim
-from jmattersim.graph import neighbor_list, structure_graph
+from jmattersim.graph import structure_graph
 from jmattersim.jax_md import (
     MatterSimNeighborList,
     atoms_to_jax_md,
@@ -79,7 +80,9 @@ def edge_keys(senders, receivers, shifts, n_atoms: int) -> np.ndarray:
 
 
 def reference_keys(atoms: Atoms, cutoff: float = CUTOFF) -> np.ndarray:
-    i, j, n, _ = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    """Edge keys from ASE's ``primitive_neighbor_list`` (independent of jmattersim)."""
+    i, j, n = primitive_neighbor_list("ijS", atoms.pbc, atoms.cell.array, atoms.positions,
+                                      cutoff, self_interaction=False)
     return edge_keys(i, j, n, len(atoms))
 
 
