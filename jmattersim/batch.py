@@ -258,7 +258,7 @@ def forward_batch(
     return result
 
 
-_batch_predict_jit = jax.jit(batch_predict, static_argnums=(0, 1, 4, 5))
+_batch_predict_jit = jax.jit(batch_predict, static_argnums=(0, 1, 4, 5, 6))
 
 
 def _run(fn, model: Model, dtype, atom_types, positions, lattice, sizes, pbc, capacity,

@@ -58,6 +58,7 @@ def energies(
     topo: Topology,
     strain: Array | None = None,
     soft_normalize: bool = True,
+    remat: bool = False,
 ) -> Array:
     """Total energy (G,) in eV of each graph of a batch with a given topology.
 
@@ -65,6 +66,8 @@ def energies(
     n_node (G,); strain optional (G, 3, 3), applied as x @ (I + strain).
     soft_normalize: per-element scale and shift as atom_types @ scale (True), or
     those of each row's most likely element (False, no gradient through them).
+    remat: recompute each interaction block in the backward pass (``jax.checkpoint``)
+    instead of storing it: less memory for gradients, the same numbers.
     """
     node_graph = node_graph_index(n_node, positions.shape[0])
     if strain is not None:
@@ -75,7 +78,7 @@ def energies(
     edge_vectors = positions[topo.senders] - (positions[topo.receivers] + offsets)
     inputs = ModelInputs(atom_types, edge_vectors, topo.senders, topo.receivers,
                          topo.edge_mask, topo.triplets, topo.triplet_mask)
-    atom_energies = M3GNet(config, soft_normalize=soft_normalize).apply(params, inputs)
+    atom_energies = M3GNet(config, soft_normalize=soft_normalize, remat=remat).apply(params, inputs)
     return jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
 
 
@@ -127,6 +130,7 @@ def energy_fn(
     capacity: Capacity | None = None,
     *,
     soft_normalize: bool = True,
+    remat: bool = False,
     **capacities: Any,
 ) -> Callable[[Params, Array, Array, Array], Array]:
     """A pure ``energy(params, atom_types, positions, lattice) -> scalar`` (eV).
@@ -145,7 +149,7 @@ def energy_fn(
         n_node = jnp.array([positions.shape[0]])
         topo = topology(positions, lattice[None], n_node, config, capacity)
         e = energies(config, params, atom_types, positions, lattice[None], n_node, topo,
-                     soft_normalize=soft_normalize)[0]
+                     soft_normalize=soft_normalize, remat=remat)[0]
         return _with_overflow_nan(e, topo.overflow)
 
     return energy
@@ -177,6 +181,7 @@ def batch_predict(
     graph: jraph.GraphsTuple,
     soft_normalize: bool = True,
     derivatives: bool = True,
+    remat: bool = False,
 ) -> tuple[Predictions, Array]:
     """Predictions of a padded jraph graph, topology rebuilt inside, and the
     overflow flag (values are not masked: callers decide). Without
@@ -191,7 +196,7 @@ def batch_predict(
 
     def energy_of(positions, strain=None):
         return energies(config, params, graph.nodes["atom_types"], positions, lattice,
-                        graph.n_node, topo, strain, soft_normalize)
+                        graph.n_node, topo, strain, soft_normalize, remat)
 
     real = graph_mask(graph)
     if not derivatives:
@@ -202,21 +207,22 @@ def batch_predict(
 
 
 def batch_energy_fn(
-    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True
+    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True, remat: bool = False
 ) -> Callable[[Params, jraph.GraphsTuple], Array]:
     """``energies(params, graph) -> (G,)`` eV for a padded jraph graph (as in
     :func:`batch_predict`); NaN where a capacity overflows, 0 for padding graphs.
     Pure: jit, grad and vmap apply."""
 
     def batch_energies(params: Params, graph: jraph.GraphsTuple) -> Array:
-        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, False)
+        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, False,
+                                      remat)
         return _with_overflow_nan(out.energy, overflow)
 
     return batch_energies
 
 
 def batch_properties_fn(
-    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True
+    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True, remat: bool = False
 ) -> Callable[[Params, jraph.GraphsTuple], Predictions]:
     """``properties(params, graph) -> Predictions`` (energy (G,) eV, forces (N, 3)
     eV/Å, stress (G, 3, 3) eV/Å^3) of a padded jraph graph (as in
@@ -224,7 +230,8 @@ def batch_properties_fn(
     (a loss on forces or stresses has gradients in every input and in params)."""
 
     def properties(params: Params, graph: jraph.GraphsTuple) -> Predictions:
-        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize)
+        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, True,
+                                      remat)
         return Predictions(*(_with_overflow_nan(v, overflow) for v in out))
 
     return properties

@@ -424,3 +424,15 @@ def test_forward_batch_rejects_bad_input_naming_it(model):
     pos[1, 0] = np.nan
     with pytest.raises(InvalidStructureError, match="positions of atom.* 1 are NaN"):
         forward_batch(model, atom_types=at, positions=pos, lattice=lat[None], sizes=[2])
+
+
+def test_remat_option_gives_the_same_energy_and_gradients(model):
+    si = small_cell()
+    cap = capacity_for([si], model.config)
+    args = (model.params, *arrays(si, model.config))
+    plain = jax.jit(jax.value_and_grad(energy_fn(model.config, cap), argnums=(1, 2, 3)))(*args)
+    remat = jax.jit(jax.value_and_grad(energy_fn(model.config, cap, remat=True),
+                                       argnums=(1, 2, 3)))(*args)
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
