@@ -4,7 +4,7 @@ Load a converted model, then use the ASE calculator, the seed's batch API, or
 the pure, differentiable energy functions underneath them.
 """
 
-from . import batch, neighbors, sharding, validate
+from . import batch, jax_md, neighbors, sharding, validate
 from .batch import batch_index_to_sizes, forward_batch, sizes_to_batch_index
 from .calculator import MatterSimCalculator
 from .config import M3GNetConfig
@@ -45,6 +45,7 @@ __all__ = [
     "evaluate",
     "forward_batch",
     "init_model",
+    "jax_md",
     "load_model",
     "md",
     "neighbors",

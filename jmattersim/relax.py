@@ -33,6 +33,7 @@ from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, energies
 from .io import Model
 from .neighbors import Capacity, capacity_for, topology
+from .validate import check_structures
 
 Array = jnp.ndarray
 
@@ -235,6 +236,7 @@ def relax(
     structures = [atoms] if single else list(atoms)
     if not all(a.pbc.all() for a in structures):
         raise ValueError("relax handles periodic structures (pbc all True) only")
+    check_structures(structures, model.config)
     if dtype is None:
         dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
     config = model.config

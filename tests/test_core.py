@@ -436,3 +436,12 @@ def test_remat_option_gives_the_same_energy_and_gradients(model):
     for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_relax_rejects_bad_input_naming_it(model):
+    from jmattersim.validate import InvalidStructureError
+
+    close = small_cell()
+    close.positions[1] = close.positions[0] + [0.2, 0.2, 0.2]
+    with pytest.raises(InvalidStructureError, match=r"structure 1 \(Si2\): atoms 0 and 1"):
+        jmattersim.relax(model, [small_cell(), close])
