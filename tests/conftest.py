@@ -103,3 +103,15 @@ def converted(checkpoints, tmp_path_factory) -> dict[str, Path]:
         assert main([str(path), str(root / name)]) == 0
         out[name] = root / name
     return out
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A small upstream-format model with seeded random weights (2 blocks, 16 units,
+    max_l = max_n = 2), for tests of the MD and relaxation machinery, not numbers."""
+    upstream = pytest.importorskip("upstream")
+    path = upstream.make_checkpoint(tmp_path_factory.mktemp("small") / "small.pth", 3,
+                                    num_blocks=2, units=16, max_l=2, max_n=2)
+    import jmattersim
+
+    return jmattersim.load_model(path)

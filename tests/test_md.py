@@ -22,14 +22,6 @@ from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list
 from jmattersim.md import md
 
 
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory):
-    upstream = pytest.importorskip("upstream")
-    path = upstream.make_checkpoint(tmp_path_factory.mktemp("small") / "small.pth", 3,
-                                    num_blocks=2, units=16, max_l=2, max_n=2)
-    return jmattersim.load_model(path)
-
-
 def si64():
     return bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
 

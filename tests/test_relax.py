@@ -12,7 +12,6 @@ from __future__ import annotations
 import ase.io
 import jax
 import numpy as np
-import pytest
 from ase.build import bulk
 from ase.units import GPa
 
@@ -21,14 +20,6 @@ from jmattersim.neighbors import capacity_for
 from jmattersim.relax import relax
 
 from conftest import MPTRJ
-
-
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory):
-    upstream = pytest.importorskip("upstream")
-    path = upstream.make_checkpoint(tmp_path_factory.mktemp("small") / "small.pth", 3,
-                                    num_blocks=2, units=16, max_l=2, max_n=2)
-    return jmattersim.load_model(path)
 
 
 def test_rattled_strained_si_relaxes(small_model):

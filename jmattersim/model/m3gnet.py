@@ -96,26 +96,25 @@ class MainBlock(nn.Module):
         edge_attr = ThreeDInteraction(c, self.fast, name="three_body")(
             edge_attr, three_basis, atom_attr, x, edge_length
         )
-        dims, acts = (c.units, c.units), ("swish", "swish")
-        if self.fast:
-            gated_edge = FastGatedMLP(dims, acts, name="gated_mlp_edge")
-            update = gated_edge((atom_attr, x.senders), (atom_attr, x.receivers), edge_attr)
-        else:
-            gated_edge = GatedMLP(dims, acts, name="gated_mlp_edge")
-            update = gated_edge(_concat_ije(atom_attr, edge_attr, x))
+        update = self._edge_gated_mlp("gated_mlp_edge", atom_attr, edge_attr, x)
         edge_attr = edge_attr + update * dense(c.units, False, "edge_layer_edge")(edge_attr_zero)
-        if self.fast:
-            gated_atom = FastGatedMLP(dims, acts, name="gated_mlp_atom")
-            message = gated_atom((atom_attr, x.senders), (atom_attr, x.receivers), edge_attr)
-        else:
-            gated_atom = GatedMLP(dims, acts, name="gated_mlp_atom")
-            message = gated_atom(_concat_ije(atom_attr, edge_attr, x))
+        message = self._edge_gated_mlp("gated_mlp_atom", atom_attr, edge_attr, x)
         message = message * jax.nn.silu(
             dense(c.units, False, "edge_layer_atom")(edge_attr_zero)
         )
         message = message * x.edge_mask[:, None]
         atom_attr = atom_attr + segment_sum(message, x.senders, atom_attr.shape[0])
         return atom_attr, edge_attr
+
+    def _edge_gated_mlp(self, name: str, atom_attr: Array, edge_attr: Array,
+                        x: ModelInputs) -> Array:
+        """A gated MLP over concat(atom_i, atom_j, edge) per edge: split (fast) or
+        on the built concatenation (upstream's layout); the same variables."""
+        dims, acts = (self.config.units, self.config.units), ("swish", "swish")
+        if self.fast:
+            return FastGatedMLP(dims, acts, name=name)(
+                (atom_attr, x.senders), (atom_attr, x.receivers), edge_attr)
+        return GatedMLP(dims, acts, name=name)(_concat_ije(atom_attr, edge_attr, x))
 
 
 def _concat_ije(atom_attr: Array, edge_attr: Array, x: ModelInputs) -> Array:
