@@ -1,7 +1,7 @@
 """Long runs behind the jax-md acceptance figures (CPU; minutes each).
 
     python benchmarks/md_scaling.py scaling [--sizes 3 4 5 6 8 10] [--steps 3]
-    python benchmarks/md_scaling.py nve     [--steps 1000]    # float64 and float32
+    python benchmarks/md_scaling.py nve     [--steps 1000] [--relaxed] [--dt 1.0] [--dtype float64]
     python benchmarks/md_scaling.py nvt     [--steps 2000]
     python benchmarks/md_scaling.py relax
 
@@ -92,22 +92,37 @@ def scaling(model, sizes, steps):
     print(f"cost per atom, max/min over sizes: {per_atom.max() / per_atom.min():.2f}")
 
 
-def nve(model, steps, a=5.43):
+def nve(model, steps, a=5.43, relaxed=False, dt=1.0, dtypes=("float64", "float32")):
+    """NVE of 64 Si at 300 K. relaxed: start from the model's own minimum (positions
+    and cell relaxed from diamond at ``a``), as one would before MD."""
     from jmattersim.md import md
 
-    for x64 in (True, False):
-        with jax.enable_x64(x64):
+    for name in dtypes:
+        with jax.enable_x64(name == "float64"):
             atoms = si(2, a)
+            if relaxed:
+                from jmattersim.relax import relax
+
+                atoms.rattle(0.01, seed=0)  # off the symmetric saddle, if it is one
+                out = relax(model, atoms, fmax=1e-3, smax=1e-3, max_steps=3000)
+                print(f"relaxed: converged {out.info['relax_converged']} in "
+                      f"{out.info['relax_steps']} steps, a = {out.cell.lengths()[0] / 2:.3f} A, "
+                      f"cell angles {np.round(out.cell.angles(), 2)}", flush=True)
+                atoms = out.copy()
+                atoms.calc = None
             t0 = time.perf_counter()
-            _, log = md(model, atoms, steps, dt=1.0, ensemble="nve", temperature=300.0,
+            n_steps = int(round(steps / dt))
+            _, log = md(model, atoms, n_steps, dt=dt, ensemble="nve", temperature=300.0,
                         chunk=100, log_every=10, progress=False)
             e = log["conserved"] / len(atoms)
             slope = np.polyfit(log["time_fs"], e, 1)[0] * log["time_fs"][-1]
-            print(f"NVE {'float64' if x64 else 'float32'} {len(atoms)} Si (a = {a} A), {steps} fs: "
-                  f"max-min E_tot {np.ptp(e):.2e} eV/atom, |E(end)-E(0)| "
-                  f"{abs(e[-1] - e[0]):.2e}, linear drift {slope:.2e} eV/atom over the run, "
-                  f"<T> {log['temperature'].mean():.0f} K, {time.perf_counter() - t0:.0f} s",
-                  flush=True)
+            fifth = max(len(e) // 5, 2)
+            print(f"NVE {name} {len(atoms)} Si (a = {a} A{', relaxed' if relaxed else ''}), "
+                  f"{steps} fs at {dt} fs: max-min E_tot {np.ptp(e):.2e} eV/atom, "
+                  f"|E(end)-E(0)| {abs(e[-1] - e[0]):.2e}, first vs last fifth "
+                  f"{abs(e[-fifth:].mean() - e[:fifth].mean()):.2e}, linear drift {slope:.2e} "
+                  f"eV/atom over the run, <T> {log['temperature'].mean():.0f} K, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def nvt(model, steps):
@@ -159,6 +174,11 @@ def main():
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--lattice", type=float, default=5.43, help="Si lattice constant (nve)")
+    parser.add_argument("--relaxed", action="store_true",
+                        help="nve: relax positions and cell with the model first")
+    parser.add_argument("--dt", type=float, default=1.0, help="nve: time step, fs")
+    parser.add_argument("--dtype", choices=["float64", "float32"], nargs="+",
+                        default=["float64", "float32"], help="nve: precisions to run")
     parser.add_argument("--arch", choices=sorted(ARCHS), default="1M",
                         help="random-weights architecture when no --model is given")
     parser.add_argument("--cache", default="/tmp/jmattersim-bench")
@@ -172,7 +192,7 @@ def main():
     if args.what == "scaling":
         scaling(model, args.sizes, args.steps or 3)
     elif args.what == "nve":
-        nve(model, args.steps or 1000, args.lattice)
+        nve(model, args.steps or 1000, args.lattice, args.relaxed, args.dt, args.dtype)
     elif args.what == "nvt":
         nvt(model, args.steps or 2000)
     else:

@@ -220,21 +220,25 @@ def topology(
     senders, receivers = i[idx], j[idx]
     shifts = image[idx].astype(dtype) + wrap[senders] - wrap[receivers]
     shifts = jnp.where(edge_mask[:, None], shifts, 0)
-    triplets, triplet_mask, trip_overflow = _triplets(
-        senders, d2[idx], edge_mask, n_atoms, config.threebody_cutoff, capacity)
+    triplets, triplet_mask, trip_overflow = build_triplets(
+        senders, d2[idx], edge_mask, n_atoms, config.threebody_cutoff, capacity.max_neighbors,
+        capacity.max_triplets)
     overflow = (n_edges > capacity.max_edges) | (end[-1] > max_pairs) | trip_overflow
     return Topology(senders, receivers, shifts, edge_mask, triplets, triplet_mask, overflow)
 
 
-def _triplets(senders: Array, d2: Array, edge_mask: Array, n_atoms: int, cutoff: float,
-              capacity: Capacity) -> tuple[Array, Array, Array]:
+def build_triplets(
+    senders: Array, d2: Array, edge_mask: Array, n_atoms: int, cutoff: float,
+    max_neighbors: int, max_triplets: int,
+) -> tuple[Array, Array, Array]:
     """Ordered pairs (ij, ik), ij != ik, of one centre's bonds within ``cutoff``.
 
-    senders must be sorted (edges sender-major). Returns triplets (T, 2),
-    triplet_mask (T,) and an overflow flag (too many triplets, or an atom with
-    more than ``max_neighbors`` bonds within the cutoff).
+    senders must be sorted (edges sender-major); d2 (E,) squared lengths. Returns
+    triplets (max_triplets, 2) int32 edge indices, triplet_mask (max_triplets,) and
+    an overflow flag (too many triplets, or an atom with more than
+    ``max_neighbors`` bonds within the cutoff).
     """
-    k = capacity.max_neighbors
+    k = max_neighbors
     in3 = edge_mask & (d2 <= cutoff**2)
     count = jax.ops.segment_sum(in3.astype(jnp.int32), senders, num_segments=n_atoms)
     first = jnp.cumsum(count) - count
@@ -246,9 +250,9 @@ def _triplets(senders: Array, d2: Array, edge_mask: Array, n_atoms: int, cutoff:
     held = slot[None, :] < count[:, None]  # (N, k)
     pair = held[:, :, None] & held[:, None, :] & (slot[:, None] != slot[None, :])[None]
     n_trip = jnp.sum(pair)
-    (tidx,) = jnp.nonzero(pair.reshape(-1), size=capacity.max_triplets, fill_value=0)
+    (tidx,) = jnp.nonzero(pair.reshape(-1), size=max_triplets, fill_value=0)
     ti, ta, tb = jnp.unravel_index(tidx, pair.shape)
     triplets = jnp.stack([table[ti, ta], table[ti, tb]], axis=1)
-    triplet_mask = jnp.arange(capacity.max_triplets) < n_trip
-    overflow = (n_trip > capacity.max_triplets) | (jnp.max(count) > k)
+    triplet_mask = jnp.arange(max_triplets) < n_trip
+    overflow = (n_trip > max_triplets) | (jnp.max(count) > k)
     return triplets, triplet_mask, overflow

@@ -43,24 +43,41 @@ def test_rattled_strained_si_relaxes(small_model):
 
 
 def test_batched_relaxation_equals_single_ones(small_model):
-    """16 different mptrj frames (4 atoms each, rattled) relaxed together and one by one.
+    """16 different mptrj frames (4 atoms each, rattled), positions and cells relaxed
+    together in one loop and one by one.
 
-    Positions only: with this random-weights model, cell relaxation of arbitrary
-    chemistries collapses some cells (the loop then stops with an error naming it)."""
-    frames = [a.copy() for a in ase.io.read(MPTRJ, ":") if len(a) == 4][:16]
-    for k, a in enumerate(frames):
+    With random weights a few cells collapse: the topology keeps outgrowing its
+    capacity and the single relaxation stops with an error naming it (here after one
+    re-allocation, to keep the test short); those frames are skipped, in file order,
+    until 16 remain."""
+    candidates = [a.copy() for a in ase.io.read(MPTRJ, ":") if len(a) == 4][:24]
+    for k, a in enumerate(candidates):
         a.rattle(0.05, seed=k)
+    frames, single = [], []
     with jax.enable_x64(True):
-        batched = relax(small_model, frames, fmax=0.01, max_steps=1000, relax_cell=False)
-        capacity = capacity_for(frames, small_model.config, 1.5)  # one compile for all singles
-        single = [relax(small_model, a, fmax=0.01, max_steps=1000, relax_cell=False,
-                        capacity=capacity) for a in frames]
-    diffs = []
-    for b, s in zip(batched, single, strict=True):
+        capacity = capacity_for(candidates, small_model.config, 4.0)  # room: few compiles
+        for a in candidates:
+            try:
+                out = relax(small_model, a, fmax=0.01, smax=0.02, max_steps=1000,
+                            capacity=capacity, max_reallocations=1)
+            except RuntimeError as error:
+                assert "outgrew its capacity" in str(error)
+                continue
+            frames.append(a)
+            single.append(out)
+            if len(frames) == 16:
+                break
+        assert len(frames) == 16
+        batched = relax(small_model, frames, fmax=0.01, smax=0.02, max_steps=1000)
+    diffs, strain = [], []
+    for a, b, s in zip(frames, batched, single, strict=True):
         assert b.info["relax_converged"] and s.info["relax_converged"]
         diffs.append(abs(b.get_potential_energy() - s.get_potential_energy()) / len(b))
         assert np.abs(b.get_forces()).max() < 0.01
-    moved = sum(b.info["relax_steps"] > 0 for b in batched)
-    print(f"\nbatched vs single: max |dE| {max(diffs):.1e} eV/atom ({moved} frames moved)")
-    assert moved >= 8
+        assert np.abs(b.get_stress()).max() / GPa < 0.02
+        np.testing.assert_allclose(b.cell.array, s.cell.array, atol=1e-3)
+        strain.append(abs(b.get_volume() / a.get_volume() - 1))
+    print(f"\nbatched vs single: max |dE| {max(diffs):.1e} eV/atom; volumes changed by "
+          f"up to {max(strain):.0%}")
+    assert sum(v > 0.01 for v in strain) >= 8  # the cells did relax
     assert max(diffs) < 1e-4

@@ -102,13 +102,11 @@ def _legendre_harmonics(max_l: int, x: Array) -> Array:
     return jnp.stack(out, axis=-1)
 
 
-def spherical_basis(
-    r: Array, cos_theta: Array, c: dict[str, Array], cutoff: float, max_n: int, max_l: int
-) -> Array:
-    """Three-body basis of bond length and angle (upstream SphericalBasisLayer).
+def spherical_radial(r: Array, c: dict[str, Array], cutoff: float, max_n: int,
+                     max_l: int) -> Array:
+    """Radial part of the three-body basis: spherical Bessel functions j_n(z_nl r / rc).
 
-    r: (T,) length r_ik in Å, positive; cos_theta: (T,) cosine of angle jik,
-    already clamped. Returns (T, max_n * max_l), n-major, as upstream orders it.
+    r: (K,) lengths in Å, positive. Returns (K, max_n * max_l), n-major.
     """
     k = c["coef"]
     x = r / cutoff
@@ -125,7 +123,24 @@ def spherical_basis(
                     - k[3, 2, j] * x**2 * jnp.sin(k[3, 3, j] * x)
                     - k[3, 4, j] * x * jnp.cos(k[3, 5, j] * x)
                     + k[3, 6, j] * jnp.sin(k[3, 7, j] * x)) / x**4 for j in range(max_l)]
-    radial = jnp.stack(radial, axis=-1) * c["factor"]
+    return jnp.stack(radial, axis=-1) * c["factor"]
+
+
+def spherical_basis(
+    r: Array, cos_theta: Array, c: dict[str, Array], cutoff: float, max_n: int, max_l: int,
+    index: Array | None = None,
+) -> Array:
+    """Three-body basis of bond length and angle (upstream SphericalBasisLayer).
+
+    r: (T,) length r_ik in Å, positive; or, with ``index`` (T,), (E,) edge lengths
+    of which triplet t uses ``r[index[t]]`` (the radial part is then computed once
+    per edge and gathered: the same values, about T / E times fewer sines).
+    cos_theta: (T,) cosine of angle jik, already clamped. Returns (T, max_n * max_l),
+    n-major, as upstream orders it.
+    """
+    radial = spherical_radial(r, c, cutoff, max_n, max_l)
+    if index is not None:
+        radial = radial[index]
     angular = jnp.repeat(_legendre_harmonics(max_l, cos_theta), max_n, axis=-1)
     return radial * angular
 

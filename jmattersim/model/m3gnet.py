@@ -66,11 +66,15 @@ class ThreeDInteraction(nn.Module):
         c = self.config
         ij, ik = x.triplets[:, 0], x.triplets[:, 1]
         gate = jax.nn.sigmoid(dense(c.max_n * c.max_l, True, "atom_mlp")(atom_attr))
-        weight = (
-            basis.polynomial_cutoff(edge_length[ij], c.threebody_cutoff)
-            * basis.polynomial_cutoff(edge_length[ik], c.threebody_cutoff)
-            * x.triplet_mask
-        )
+        if self.fast:  # once per edge, then gathered: the same values
+            cut = basis.polynomial_cutoff(edge_length, c.threebody_cutoff)
+            weight = cut[ij] * cut[ik] * x.triplet_mask
+        else:
+            weight = (
+                basis.polynomial_cutoff(edge_length[ij], c.threebody_cutoff)
+                * basis.polynomial_cutoff(edge_length[ik], c.threebody_cutoff)
+                * x.triplet_mask
+            )
         three_basis = three_basis * gate[x.senders[ik]] * weight[:, None]
         e_ij_tilde = segment_sum(three_basis, ij, edge_attr.shape[0])
         gated = FastGatedMLP if self.fast else GatedMLP
@@ -140,10 +144,11 @@ class SphericalBasisLayer(nn.Module):
     config: M3GNetConfig
 
     @nn.compact
-    def __call__(self, r: Array, cos_theta: Array) -> Array:
+    def __call__(self, r: Array, cos_theta: Array, index: Array | None = None) -> Array:
+        """r (T,) r_ik per triplet, or (E,) per edge with ``index`` (T,) = ik."""
         c = self.config
         consts = _constants(self, basis.spherical_basis_constants(c.cutoff), r.dtype)
-        return basis.spherical_basis(r, cos_theta, consts, c.cutoff, c.max_n, c.max_l)
+        return basis.spherical_basis(r, cos_theta, consts, c.cutoff, c.max_n, c.max_l, index)
 
 
 class AtomScaling(nn.Module):
@@ -172,7 +177,8 @@ class M3GNet(nn.Module):
 
     fast: the optimised layout (:class:`FastGatedMLP`: first layers split by
     input block, atom blocks applied per atom then gathered; g and sigma
-    stacks share a matmul); False is the reference, upstream's layout. Same
+    stacks share a matmul; the three-body radial basis and cutoffs computed
+    per edge and gathered per triplet); False is the reference, upstream's layout. Same
     variables, same values up to float rounding.
     remat: recompute each interaction block in the backward pass
     (``jax.checkpoint`` per block, the blocks run as a ``lax.scan``) instead of
@@ -201,7 +207,11 @@ class M3GNet(nn.Module):
         edge_attr = MLP((c.units,), ("swish",), use_bias=False, name="edge_encoder")(
             edge_attr_zero
         )
-        three_basis = SphericalBasisLayer(c, name="sbf")(edge_length[ik], cos_jik)
+        sbf = SphericalBasisLayer(c, name="sbf")
+        if self.fast:  # radial part once per edge, gathered per triplet
+            three_basis = sbf(edge_length, cos_jik, ik)
+        else:
+            three_basis = sbf(edge_length[ik], cos_jik)
         blocks = [MainBlock(c, self.fast, name=f"graph_conv_{b}") for b in range(c.num_blocks)]
         if self.remat and not self.is_initializing():
             atom_attr, edge_attr = _remat_blocks(
