@@ -269,7 +269,7 @@ def mattersim_neighbor_list(
     species: Array,
     *,
     pbc: Sequence[bool] = (True, True, True),
-    dr_threshold: float = 0.5,
+    dr_threshold: float = 0.25,
     capacity_multiplier: float = 1.25,
     method: str | None = None,
     soft_normalize: bool = True,
@@ -281,7 +281,9 @@ def mattersim_neighbor_list(
     model: a :class:`jmattersim.Model`; box (3, 3) Å, ``atoms.cell.T`` (columns are
     lattice vectors); species (N,) atomic numbers; pbc: periodic axes (open axes need
     the "images" method); dr_threshold: skin in Å (pairs within cutoff + skin are
-    listed; the list holds until an atom moves skin / 2); capacity_multiplier:
+    listed; the list holds until an atom moves skin / 2; the model runs on every
+    listed pair, those beyond the cutoff masked, so a thin skin is cheaper and a
+    list updated every step needs little); capacity_multiplier:
     headroom of every capacity; method: "images", "cell_list" or None (chosen from the
     cell at each allocation, see the module notes). remat: recompute each
     interaction block in the backward pass (``jax.checkpoint``): the same forces
