@@ -66,16 +66,15 @@ class ThreeDInteraction(nn.Module):
         c = self.config
         ij, ik = x.triplets[:, 0], x.triplets[:, 1]
         gate = jax.nn.sigmoid(dense(c.max_n * c.max_l, True, "atom_mlp")(atom_attr))
-        if self.fast:  # once per edge, then gathered: the same values
-            cut = basis.polynomial_cutoff(edge_length, c.threebody_cutoff)
-            weight = cut[ij] * cut[ik] * x.triplet_mask
+        if self.fast:  # M3GNet applied the cutoff weight once, for all blocks
+            three_basis = three_basis * gate[x.senders[ik]]
         else:
             weight = (
                 basis.polynomial_cutoff(edge_length[ij], c.threebody_cutoff)
                 * basis.polynomial_cutoff(edge_length[ik], c.threebody_cutoff)
                 * x.triplet_mask
             )
-        three_basis = three_basis * gate[x.senders[ik]] * weight[:, None]
+            three_basis = three_basis * gate[x.senders[ik]] * weight[:, None]
         e_ij_tilde = segment_sum(three_basis, ij, edge_attr.shape[0])
         gated = FastGatedMLP if self.fast else GatedMLP
         edge_gate = gated((c.units,), ("swish",), use_bias=False, name="edge_gate_mlp")
@@ -208,8 +207,11 @@ class M3GNet(nn.Module):
             edge_attr_zero
         )
         sbf = SphericalBasisLayer(c, name="sbf")
-        if self.fast:  # radial part once per edge, gathered per triplet
+        if self.fast:  # radial part and cutoffs once per edge, gathered per triplet;
+            # the blocks' triplet weight (the same in every block) applied here, once
             three_basis = sbf(edge_length, cos_jik, ik)
+            cut = basis.polynomial_cutoff(edge_length, c.threebody_cutoff)
+            three_basis = three_basis * (cut[ij] * cut[ik] * x.triplet_mask)[:, None]
         else:
             three_basis = sbf(edge_length[ik], cos_jik)
         blocks = [MainBlock(c, self.fast, name=f"graph_conv_{b}") for b in range(c.num_blocks)]
