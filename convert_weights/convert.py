@@ -20,17 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from jmattersim.checkpoint import Model, atomic_directory, save_model
 from jmattersim.config import M3GNetConfig
-from jmattersim.io import (
-    PRETRAINED,
-    UPSTREAM_CACHE,
-    UPSTREAM_URL,
-    Model,
-    atomic_directory,
-    cache_dir,
-    save_model,
-)
 from jmattersim.model import basis
+from jmattersim.published import UPSTREAM_CACHE, UPSTREAM_URL, canonical_name
+from jmattersim.runtime import cache_dir
 
 from .mapping import flax_shapes, is_transposed, torch_key
 
@@ -173,7 +167,9 @@ def convert_file(src: str | os.PathLike, out: str | os.PathLike, strict: bool = 
 def fetch_pretrained(name: str) -> Path:
     """Local path of the published checkpoint ``name``: upstream's cache, ours,
     or a download from where upstream downloads it."""
-    canonical = {p.lower(): p for p in PRETRAINED}[name.removesuffix(".pth").lower()]
+    canonical = canonical_name(name)
+    if canonical is None:
+        raise ValueError(f"{name} is not a published MatterSim checkpoint")
     filename = canonical + ".pth"
     for candidate in (UPSTREAM_CACHE / filename, cache_dir() / filename):
         if candidate.is_file():

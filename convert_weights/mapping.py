@@ -46,7 +46,7 @@ def is_transposed(path: FlaxPath) -> bool:
 
 def flax_shapes(config: M3GNetConfig) -> dict[FlaxPath, tuple[int, ...]]:
     """Every Flax variable of the model for ``config``, with its shape."""
-    from jmattersim.energy import init_params
+    from jmattersim.model import init_params
 
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]

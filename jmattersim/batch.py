@@ -1,23 +1,28 @@
-"""Batches of crystals of different sizes as jraph graphs, and the seed fork's
-``forward_batch`` API on top of them.
+"""Batches of crystals given as tensors, and ``forward_batch``: a PyTorch-style
+batch API (atom types, positions, lattices and per-structure sizes in; energies,
+forces and stresses in GPa out).
 
-A batch is the concatenation of its structures (PyG style, as the seed):
-atom_types (ΣN, max_z+1), positions (ΣN, 3), lattice (G, 3, 3) rows, and the
-atom counts ``sizes`` (G,) (or a per-atom ``batch_index``). It becomes a jraph
-``GraphsTuple`` padded to bucketed sizes (jraph's convention: one padding graph
-holds every padding node), whose topology is rebuilt inside the compiled
-function (:func:`jmattersim.energy.batch_predict`).
+A batch is the concatenation of its structures (PyG style): atom_types (ΣN, max_z+1),
+one-hot or any distribution over elements; positions (ΣN, 3); lattice (G, 3, 3)
+rows; and the atom counts ``sizes`` (G,) (or a per-atom ``batch_index``).
 
-``forward_batch`` keeps the capacity it compiled for and grows it only when a
-batch does not fit, so a stream of varying batches compiles a handful of times.
+Three ways to a topology, one model underneath:
+
+- concrete inputs: host neighbour lists, packed into the budgets of
+  :mod:`jmattersim.engine` (the path of the calculator and ``evaluate``);
+- ``neighbors=``: a list built on the host beforehand (:func:`neighbor_list`), for
+  inputs traced by ``jit``/``grad``: distances are recomputed inside from the
+  traced positions and lattice, and a list built with a ``skin`` stays valid
+  while atoms move less than ``skin / 2`` (``neighbors_stale`` says when not);
+- ``capacity=``: the topology rebuilt inside the traced function from all
+  candidate pairs (:func:`jmattersim.neighbors.topology`), when no list can be
+  built beforehand (the in-jit path of :func:`jmattersim.energy_fn`).
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +30,14 @@ import jraph
 import numpy as np
 from ase import Atoms
 
-from . import sharding
+from . import engine
+from .checkpoint import Model
 from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict
-from .graph import molecule_box, neighbor_list, triplet_indices
-from .io import Model
-from .neighbors import Capacity, bucket_up, candidate_pairs, neighbors_in_threebody
+from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies
+from .geometry import periodic_cell
+from .graph import StructureGraph, graph_of
+from .neighbors import Topology, TopologyCapacity, bucket_up
+from .padding import BatchBudget, pad, total_counts
 from .validate import check_arrays, structure_label
 
 Array = jnp.ndarray
@@ -54,8 +61,8 @@ def batch_index_to_sizes(batch_index: Sequence[int] | np.ndarray,
 def graphs_tuple(atom_types: Array, positions: Array, lattice: Array,
                  sizes: Sequence[int] | np.ndarray, pbc: Array | None = None
                  ) -> jraph.GraphsTuple:
-    """An unpadded jraph graph of a batch (no edges: the topology is rebuilt
-    inside the energy functions). pbc (G, 3) bool, default all periodic."""
+    """An unpadded jraph graph of a batch (no edges: the topology comes separately).
+    pbc (G, 3) bool, default all periodic."""
     sizes = np.asarray(sizes, dtype=np.int32)
     if pbc is None:
         pbc = np.ones((len(sizes), 3), bool)
@@ -76,7 +83,7 @@ def pad_graph(graph: jraph.GraphsTuple, n_node: int, n_graph: int) -> jraph.Grap
         raise ValueError(f"cannot pad {real_nodes} nodes / {real_graphs} graphs to "
                          f"{n_node} / {n_graph}: padding needs one more of each")
 
-    def pad(x: Array, n: int, fill: Array | None = None) -> Array:
+    def pad_rows(x: Array, n: int, fill: Array | None = None) -> Array:
         extra = jnp.zeros((n - x.shape[0],) + x.shape[1:], x.dtype) if fill is None else fill
         return jnp.concatenate([jnp.asarray(x), extra])
 
@@ -85,59 +92,113 @@ def pad_graph(graph: jraph.GraphsTuple, n_node: int, n_graph: int) -> jraph.Grap
     n_node_pad = np.zeros(n_graph - real_graphs, np.int32)
     n_node_pad[0] = n_node - real_nodes
     return graph._replace(
-        nodes={k: pad(v, n_node) for k, v in graph.nodes.items()},
-        globals={"lattice": pad(lattice, n_graph, unit),
-                 "pbc": pad(graph.globals["pbc"], n_graph, jnp.ones((n_graph - real_graphs, 3),
-                                                                     bool))},
+        nodes={k: pad_rows(v, n_node) for k, v in graph.nodes.items()},
+        globals={"lattice": pad_rows(lattice, n_graph, unit),
+                 "pbc": pad_rows(graph.globals["pbc"], n_graph,
+                                 jnp.ones((n_graph - real_graphs, 3), bool))},
         n_node=np.concatenate([np.asarray(graph.n_node, np.int32), n_node_pad]),
         n_edge=np.zeros(n_graph, np.int32),
     )
 
 
-def host_capacity(positions: np.ndarray, lattice: np.ndarray, sizes: np.ndarray,
-                  pbc: np.ndarray, config: M3GNetConfig, headroom: float = 1.25) -> Capacity:
-    """The capacity a batch needs (host neighbour lists, exact as upstream's),
-    with ``headroom`` and every count rounded up to a bucket."""
-    edges = triplets = pairs = 0
-    k3 = 1
-    start = 0
-    for n, cell, periodic in zip(sizes, lattice, pbc, strict=True):
-        pos = positions[start:start + n]
-        start += n
-        senders, _, _, d = neighbor_list(pos, cell, periodic, config.cutoff)
-        trip = triplet_indices(senders, d, config.threebody_cutoff)
-        edges, triplets = edges + len(senders), triplets + len(trip)
-        k3 = max(k3, neighbors_in_threebody(senders, trip))
-        pairs += candidate_pairs(int(n), cell, periodic, config.cutoff)
-    return Capacity(
-        max_edges=bucket_up(math.ceil(edges * headroom) + 1),
-        max_triplets=bucket_up(math.ceil(triplets * headroom) + 1),
-        max_neighbors=bucket_up(math.ceil(k3 * headroom) + 1),
-        max_pairs=bucket_up(pairs),
-    )
+# ---------------------------------------------------------------- host neighbour lists
+
+
+class NeighborList(NamedTuple):
+    """A host-built topology of a whole batch, padded to a budget: a pytree to
+    pass into jitted functions (``forward_batch(..., neighbors=...)``).
+
+    senders, receivers (E,) int32; shifts (E, 3) integer images (float); edge_mask
+    (E,); triplets (T, 2) edge indices; triplet_mask (T,); reference_positions
+    (N, 3) Å and reference_lattice (G, 3, 3) rows: the geometry it was built at
+    (padded like the batch); skin () Å. N and G are the budget's node and graph
+    counts: ``forward_batch`` pads the batch to them.
+    """
+
+    senders: Array
+    receivers: Array
+    shifts: Array
+    edge_mask: Array
+    triplets: Array
+    triplet_mask: Array
+    reference_positions: Array
+    reference_lattice: Array
+    skin: Array
+
+    @property
+    def budget(self) -> BatchBudget:
+        return BatchBudget(self.reference_positions.shape[0], self.senders.shape[0],
+                           self.triplets.shape[0], self.reference_lattice.shape[0])
+
+
+def neighbor_list(
+    model: Model | M3GNetConfig,
+    atoms_list: Sequence[Atoms] | None = None,
+    *,
+    positions: Any = None,
+    lattice: Any = None,
+    sizes: Sequence[int] | None = None,
+    pbc: Any = None,
+    skin: float = 0.0,
+) -> NeighborList:
+    """Neighbours and triplets of a batch, built on the host (exact, as upstream's),
+    for ``forward_batch(..., neighbors=...)`` under ``jit``/``grad``.
+
+    Structures as ASE ``atoms_list`` or as arrays: positions (ΣN, 3) Cartesian Å,
+    lattice (G, 3, 3) rows, sizes (G,), pbc (G, 3) (default periodic). skin: Å
+    added to both cutoffs, so that the list holds while atoms move less than
+    ``skin / 2``. The list is padded to the smallest budget of
+    :data:`jmattersim.engine.LADDER` holding the whole batch (beyond the top rung,
+    each count rounded up to a bucket): batches of similar size share a compiled
+    function.
+    """
+    config = getattr(model, "config", model)
+    if atoms_list is not None:
+        _, positions, lattice, sizes, pbc = atoms_arrays(atoms_list, config)
+    positions = np.asarray(positions, float)
+    lattice = np.asarray(lattice, float).reshape(-1, 3, 3)
+    sizes = np.asarray(sizes, np.int64)
+    pbc = np.ones((len(sizes), 3), bool) if pbc is None else np.asarray(pbc, bool)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    graphs = [graph_of(positions[starts[g]:starts[g + 1]], lattice[g], pbc[g], config,
+                       skin=skin) for g in range(len(sizes))]
+    total = total_counts(graphs)
+    budget = engine.smallest_rung(total)
+    batch = pad(graphs, budget, config, np.float64)
+    g = batch.graph
+    return NeighborList(
+        senders=g.senders, receivers=g.receivers, shifts=g.edges["shifts"],
+        edge_mask=np.arange(budget.edges) < total.edges, triplets=batch.triplets,
+        triplet_mask=batch.triplet_mask, reference_positions=g.nodes["positions"],
+        reference_lattice=g.globals["lattice"], skin=np.asarray(skin, np.float64))
+
+
+def neighbors_stale(nbrs: NeighborList, positions: Array, lattice: Array) -> Array:
+    """() bool: True when a pair may have come within the cutoffs that ``nbrs``
+    does not list: twice the largest atom displacement plus the largest change of
+    a listed image offset (``n @ lattice``) exceeds the skin. positions and lattice
+    padded like ``nbrs`` (N, 3), (G, 3, 3)."""
+    moved = jnp.max(jnp.linalg.norm(positions - nbrs.reference_positions, axis=-1))
+    # |n @ dL| <= |n| |dL|_2, bounded over all edges and graphs
+    strained = jnp.max(jnp.linalg.norm(lattice - nbrs.reference_lattice, ord=2, axis=(1, 2)))
+    reach = jnp.max(jnp.linalg.norm(nbrs.shifts, axis=-1))
+    return 2 * moved + strained * reach > nbrs.skin
+
+
+# ---------------------------------------------------------------------- forward_batch
 
 
 def atoms_arrays(atoms_list: Sequence[Atoms], config: M3GNetConfig
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """atom_types (one-hot), positions, lattice, sizes and pbc of ASE structures;
     a structure with no periodic direction goes into upstream's cubic box."""
-    cells, pbcs = [], []
-    for a in atoms_list:
-        if not np.any(a.pbc):
-            cells.append(molecule_box(a.positions, config))
-            pbcs.append(np.ones(3, bool))
-        else:
-            cells.append(np.asarray(a.cell.array, float))
-            pbcs.append(np.asarray(a.pbc, bool))
+    cells, pbcs = zip(*(periodic_cell(a.positions, a.cell.array, a.pbc, config.cutoff)
+                        for a in atoms_list), strict=True)
     numbers = np.concatenate([a.numbers for a in atoms_list])
     atom_types = np.eye(config.num_species)[numbers]
     positions = np.concatenate([a.positions for a in atoms_list])
     sizes = np.array([len(a) for a in atoms_list])
     return atom_types, positions, np.stack(cells), sizes, np.stack(pbcs)
-
-
-# Per (config, dtype): the capacity and padded sizes forward_batch last compiled for.
-_STREAM: dict[tuple, tuple[Capacity, int, int]] = {}
 
 
 def _is_traced(*xs: Any) -> bool:
@@ -158,31 +219,32 @@ def forward_batch(
     include_stresses: bool = False,
     soft_normalize: bool = True,
     positions_are_fractional: bool = False,
-    capacity: Capacity | None = None,
+    neighbors: NeighborList | None = None,
+    capacity: TopologyCapacity | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Array]:
-    """Energies (and forces, stresses) of a batch of crystals: the seed's API.
+    """Energies (and forces, stresses) of a batch of crystals.
 
     atom_types (ΣN, max_z+1), one-hot or soft; positions (ΣN, 3), Cartesian Å
     (fractional with ``positions_are_fractional``); lattice (G, 3, 3) rows;
     sizes (G,) or batch_index (ΣN,); pbc (G, 3) (default periodic). Any of them
-    may be omitted when ``atoms_list`` gives it. Returns ``total_energy`` (G,)
-    eV, and ``forces`` (ΣN, 3) eV/Å and ``stresses`` (G, 3, 3) GPa when asked.
+    may be omitted when ``atoms_list`` gives it.
+
+    Returns ``total_energy`` (G,) eV; ``forces`` (ΣN, 3) eV/Å and ``stresses``
+    (G, 3, 3) GPa when asked; ``neighbors_stale`` () bool with ``neighbors``.
 
     Concrete inputs are checked first (:func:`jmattersim.validate.check_arrays`):
     an :class:`~jmattersim.validate.InvalidStructureError` names the structure,
-    the atom and the problem.
+    the atom and the problem. They run through :mod:`jmattersim.engine` (host
+    neighbour lists, a few fixed budgets, compiled functions shared with the
+    calculator and ``evaluate``); ``mesh`` spreads the batches over devices.
 
     Differentiable: ``jax.grad`` of a function of the outputs reaches
-    atom_types, positions, lattice and params (forces and stresses included).
-    Called with concrete arrays it picks the capacity itself and runs one
-    compiled function per capacity; under ``jit``/``grad`` tracing pass
-    ``capacity`` (e.g. :func:`jmattersim.neighbors.capacity_for`), and the
-    outputs are NaN if it is too small.
-
-    mesh: a 1-D device mesh (:func:`jmattersim.sharding.graph_mesh`): the graphs
-    are dealt to the devices in balanced groups, one padded batch each, and run
-    as one SPMD program (concrete inputs only).
+    atom_types, positions and lattice (forces and stresses included). Under
+    ``jit``/``grad`` pass ``neighbors`` (:func:`neighbor_list`, built beforehand
+    from concrete positions) or ``capacity``
+    (:func:`jmattersim.neighbors.capacity_for`: the topology rebuilt inside from
+    all candidate pairs; slower); outputs are NaN if a capacity is too small.
     """
     config = model.config
     if atoms_list is not None:
@@ -202,8 +264,9 @@ def forward_batch(
         sizes = batch_index_to_sizes(batch_index, len(lattice))
     sizes = np.asarray(sizes, dtype=np.int64)
     traced = _is_traced(atom_types, positions, lattice)
-    dtype = jnp.result_type(float)
-    if not traced:
+    if traced:
+        dtype = jnp.result_type(positions, lattice)
+    else:
         dtype = np.result_type(jnp.asarray(positions).dtype, jnp.asarray(lattice).dtype,
                                jnp.asarray(atom_types).dtype)
     lattice = jnp.asarray(lattice, dtype).reshape(-1, 3, 3)
@@ -213,44 +276,32 @@ def forward_batch(
         positions = jnp.einsum("ni,nij->nj", positions, lattice[sizes_to_batch_index(sizes)])
     pbc = np.ones((len(sizes), 3), bool) if pbc is None else np.asarray(pbc, bool)
     n_atoms, n_graphs = int(sizes.sum()), len(sizes)
+    derivatives = include_forces or include_stresses
     if not traced:  # inside jit, see jmattersim.validate.checked_energy_fn
         labels = None
         if atoms_list is not None and len(atoms_list) == n_graphs:
             labels = [structure_label(k, a.numbers) for k, a in enumerate(atoms_list)]
         check_arrays(atom_types, positions, lattice, sizes, config, labels=labels)
 
-    if mesh is not None:
-        if traced:
-            raise ValueError("forward_batch(mesh=...) takes concrete arrays, not traced ones")
-        out = _sharded(model, dtype, atom_types, positions, lattice, sizes, pbc, soft_normalize,
-                       include_forces or include_stresses, mesh)
-    elif capacity is not None or traced:
-        if capacity is None:
-            raise ValueError("forward_batch under jit/grad tracing needs capacity=...: "
-                             "see jmattersim.neighbors.capacity_for")
+    extra = {}
+    if neighbors is not None:
+        out, stale = _with_neighbors(model, atom_types, positions, lattice, sizes, pbc,
+                                     neighbors, soft_normalize, derivatives)
+        extra["neighbors_stale"] = stale
+    elif capacity is not None:
         n_node, n_graph = bucket_up(n_atoms + 1), n_graphs + 1
-        out, _ = _run(batch_predict, model, dtype, atom_types, positions, lattice, sizes, pbc,
-                      capacity, n_node, n_graph, soft_normalize,
-                      include_forces or include_stresses)
+        graph = pad_graph(graphs_tuple(atom_types, positions, lattice, sizes, pbc), n_node,
+                          n_graph)
+        out, _ = batch_predict(config, capacity, model.astype(dtype).params, graph,
+                               soft_normalize, derivatives)
+    elif traced:
+        raise ValueError("forward_batch under jit/grad tracing needs neighbors= (a list "
+                         "built beforehand with jmattersim.neighbor_list) or capacity=")
     else:
-        key = (config, np.dtype(dtype).name)
-        needed = host_capacity(np.asarray(positions, float), np.asarray(lattice, float), sizes,
-                               pbc, config)
-        cap, n_node, n_graph = _STREAM.get(key, (needed, 0, 0))
-        cap = cap if cap.covers(needed) else cap.union(needed)
-        n_node, n_graph = max(n_node, bucket_up(n_atoms + 1)), max(n_graph, bucket_up(n_graphs + 1))
-        _STREAM[key] = (cap, n_node, n_graph)
-        out, overflow = _run(_batch_predict_jit, model, dtype, atom_types, positions, lattice,
-                             sizes, pbc, cap, n_node, n_graph, soft_normalize,
-                             include_forces or include_stresses)
-        if bool(overflow):  # float rounding at the cutoff beyond the headroom: grow, redo
-            _STREAM[key] = (cap.scaled(1.5), n_node, n_graph)
-            return forward_batch(model, atom_types=atom_types, positions=positions,
-                                 lattice=lattice, sizes=sizes, pbc=pbc,
-                                 include_forces=include_forces,
-                                 include_stresses=include_stresses,
-                                 soft_normalize=soft_normalize)
-    result = {"total_energy": out.energy[:n_graphs]}
+        out = _concrete(model, np.asarray(atom_types), np.asarray(positions, float),
+                        np.asarray(lattice, float), sizes, pbc, derivatives, dtype, mesh,
+                        soft_normalize)
+    result = {"total_energy": out.energy[:n_graphs], **extra}
     if include_forces:
         result["forces"] = out.forces[:n_atoms]
     if include_stresses:
@@ -258,62 +309,52 @@ def forward_batch(
     return result
 
 
-_batch_predict_jit = jax.jit(batch_predict, static_argnums=(0, 1, 4, 5, 6))
-
-
-def _run(fn, model: Model, dtype, atom_types, positions, lattice, sizes, pbc, capacity,
-         n_node: int, n_graph: int, soft_normalize: bool, derivatives: bool):
-    graph = pad_graph(graphs_tuple(atom_types, positions, lattice, sizes, pbc), n_node, n_graph)
-    params = model.astype(dtype).params
-    return fn(model.config, capacity, params, graph, soft_normalize, derivatives)
-
-
-def _sharded(model: Model, dtype, atom_types, positions, lattice, sizes, pbc,
-             soft_normalize: bool, derivatives: bool, mesh: jax.sharding.Mesh) -> Predictions:
-    """forward_batch's computation with the graphs split across ``mesh``;
-    returns unpadded Predictions in the input order (stress in eV/Å^3)."""
-    config = model.config
+def _concrete(model: Model, atom_types, positions, lattice, sizes, pbc, derivatives: bool,
+              dtype, mesh, soft_normalize: bool) -> Predictions:
+    """forward_batch on concrete arrays: host graphs through the engine."""
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    groups = sharding.split_balanced(list(sizes), mesh.size)
-    pos_host, lat_host = np.asarray(positions, float), np.asarray(lattice, float)
-    nodes = [np.concatenate([np.arange(starts[g], starts[g + 1]) for g in group] or
-                            [np.zeros(0, int)]).astype(int) for group in groups]
-    cap = None
-    for group, idx in zip(groups, nodes, strict=True):
-        need = host_capacity(pos_host[idx], lat_host[group], sizes[group], pbc[group], config)
-        cap = need if cap is None else cap.union(need)
-    n_node = bucket_up(max(len(i) for i in nodes) + 1)
-    n_graph = max(len(g) for g in groups) + 1
-    padded = [pad_graph(graphs_tuple(atom_types[idx], positions[idx], lattice[np.asarray(group,
-                                                                                         int)],
-                                     sizes[group], pbc[group]), n_node, n_graph)
-              for group, idx in zip(groups, nodes, strict=True)]
-    stacked = sharding.place(sharding.stack(jax.device_get(padded)), mesh)
-    run = _sharded_predict(config, cap, soft_normalize, derivatives, mesh)
-    out, overflow = run(model.astype(dtype).params, stacked)
-    if np.any(jax.device_get(overflow)):  # pragma: no cover - headroom covers rounding
-        raise RuntimeError("neighbour capacity overflow in a sharded batch")
-    parts = sharding.unstack(out, mesh.size)
-    energy = np.zeros(len(sizes), dtype)
-    forces = np.zeros((int(sizes.sum()), 3), dtype) if derivatives else None
-    stress = np.zeros((len(sizes), 3, 3), dtype) if derivatives else None
-    for group, idx, part in zip(groups, nodes, parts, strict=True):
-        energy[group] = part.energy[:len(group)]
-        if derivatives:
-            forces[idx] = part.forces[:len(idx)]
-            stress[group] = part.stress[:len(group)]
-    return Predictions(energy, forces, stress)
+    graphs: list[StructureGraph] = [
+        graph_of(positions[starts[g]:starts[g + 1]], lattice[g], pbc[g], model.config,
+                 atom_types=atom_types[starts[g]:starts[g + 1]])
+        for g in range(len(sizes))]
+    outs = engine.run(model, graphs, derivatives=derivatives, dtype=dtype, mesh=mesh,
+                      soft_normalize=soft_normalize)
+    energy = jnp.asarray(np.array([o.energy for o in outs], dtype))
+    if not derivatives:
+        return Predictions(energy, None, None)
+    return Predictions(energy, jnp.asarray(np.concatenate([o.forces for o in outs])),
+                       jnp.asarray(np.stack([o.stress for o in outs])))
 
 
-@functools.lru_cache(maxsize=16)
-def _sharded_predict(config: M3GNetConfig, capacity: Capacity, soft_normalize: bool,
-                     derivatives: bool, mesh: jax.sharding.Mesh):
-    def fn(params, graph):
-        return batch_predict(config, capacity, params, graph, soft_normalize, derivatives)
+def _with_neighbors(model: Model, atom_types, positions, lattice, sizes, pbc,
+                    nbrs: NeighborList, soft_normalize: bool, derivatives: bool
+                    ) -> tuple[Predictions, Array]:
+    """forward_batch with a host-built list: the batch padded to the list's budget,
+    distances recomputed, pairs beyond the cutoffs masked."""
+    budget = nbrs.budget
+    dtype = positions.dtype
+    graph = pad_graph(graphs_tuple(atom_types, positions, lattice, sizes, pbc), budget.nodes,
+                      budget.graphs)
+    real = jraph.get_graph_padding_mask(graph._replace(n_node=jnp.asarray(graph.n_node)))
+    lat = graph.globals["lattice"]
+    topo = Topology(nbrs.senders, nbrs.receivers, jnp.asarray(nbrs.shifts, dtype),
+                    nbrs.edge_mask, nbrs.triplets, nbrs.triplet_mask, jnp.asarray(False))
+    params = model.astype(dtype).params
 
-    return sharding.over_devices(fn, mesh)
+    def energy_of(pos, strain=None):
+        e = energies(model.config, params, graph.nodes["atom_types"], pos, lat, graph.n_node,
+                     topo, strain, soft_normalize, within_cutoffs=True)
+        return jnp.where(real, e, 0.0)
 
+    stale = neighbors_stale(nbrs, graph.nodes["positions"], lat)
+    if not derivatives:
+        return Predictions(energy_of(graph.nodes["positions"]), None, None), stale
 
-def compilations() -> int:
-    """How many shapes ``forward_batch`` has compiled so far (this process)."""
-    return _batch_predict_jit._cache_size()
+    def total(pos, strain):
+        e = energy_of(pos, strain)
+        return jnp.sum(e), e
+
+    (_, e), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+        graph.nodes["positions"], jnp.zeros_like(lat))
+    volume = jnp.abs(jnp.linalg.det(lat))
+    return Predictions(e, -de_dr, de_deps / volume[:, None, None]), stale

@@ -24,9 +24,9 @@ import jraph
 from ase.units import GPa
 
 from .config import M3GNetConfig
-from .graph import Batch
 from .model import M3GNet, ModelInputs
-from .neighbors import Capacity, Topology, topology
+from .neighbors import Topology, TopologyCapacity, topology
+from .padding import Batch
 
 Array = jnp.ndarray
 Params = Any  # Flax variables: {"params": ..., "constants": ...}
@@ -59,6 +59,7 @@ def energies(
     strain: Array | None = None,
     soft_normalize: bool = True,
     remat: bool = False,
+    within_cutoffs: bool = False,
 ) -> Array:
     """Total energy (G,) in eV of each graph of a batch with a given topology.
 
@@ -68,6 +69,8 @@ def energies(
     those of each row's most likely element (False, no gradient through them).
     remat: recompute each interaction block in the backward pass (``jax.checkpoint``)
     instead of storing it: less memory for gradients, the same numbers.
+    within_cutoffs: keep only the listed edges and triplets within the cutoffs at
+    these positions (a list built with a skin holds more).
     """
     node_graph = node_graph_index(n_node, positions.shape[0])
     if strain is not None:
@@ -76,10 +79,22 @@ def energies(
         positions = jnp.einsum("ni,nij->nj", positions, deform[node_graph])
     offsets = jnp.einsum("ei,eij->ej", topo.shifts, lattice[node_graph[topo.senders]])
     edge_vectors = positions[topo.senders] - (positions[topo.receivers] + offsets)
+    if within_cutoffs:
+        topo = restrict_to_cutoffs(topo, edge_vectors, config)
     inputs = ModelInputs(atom_types, edge_vectors, topo.senders, topo.receivers,
                          topo.edge_mask, topo.triplets, topo.triplet_mask)
     atom_energies = M3GNet(config, soft_normalize=soft_normalize, remat=remat).apply(params, inputs)
     return jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
+
+
+def restrict_to_cutoffs(topo: Topology, edge_vectors: Array, config: M3GNetConfig) -> Topology:
+    """The edges of ``topo`` shorter than the cutoff, and its triplets whose two
+    bonds are within the three-body cutoff, at ``edge_vectors`` (E, 3) Å."""
+    d2 = jax.lax.stop_gradient(jnp.sum(edge_vectors * edge_vectors, axis=-1))
+    edge_mask = topo.edge_mask & (d2 < config.cutoff**2)
+    in3 = edge_mask & (d2 <= config.threebody_cutoff**2)
+    triplet_mask = topo.triplet_mask & in3[topo.triplets[:, 0]] & in3[topo.triplets[:, 1]]
+    return topo._replace(edge_mask=edge_mask, triplet_mask=triplet_mask)
 
 
 def batch_topology(batch: Batch) -> Topology:
@@ -106,15 +121,16 @@ def _forces_and_stress(energy_of: Callable, positions: Array, lattice: Array,
     return Predictions(e, -de_dr, de_deps / volume[:, None, None])
 
 
-def predict(config: M3GNetConfig, params: Params, batch: Batch,
-            soft_normalize: bool = True) -> Predictions:
-    """Energies, forces (-dE/dr) and stresses (dE/d eps / V) of a host-built batch."""
+def predict(config: M3GNetConfig, params: Params, batch: Batch, soft_normalize: bool = True,
+            within_cutoffs: bool = False) -> Predictions:
+    """Energies, forces (-dE/dr) and stresses (dE/d eps / V) of a host-built batch
+    (``within_cutoffs``: its lists hold a skin, see :func:`energies`)."""
     g = batch.graph
     topo = batch_topology(batch)
 
     def energy_of(positions, strain):
         return energies(config, params, g.nodes["atom_types"], positions, g.globals["lattice"],
-                        g.n_node, topo, strain, soft_normalize)
+                        g.n_node, topo, strain, soft_normalize, within_cutoffs=within_cutoffs)
 
     return _forces_and_stress(energy_of, g.nodes["positions"], g.globals["lattice"],
                               jraph.get_graph_padding_mask(g))
@@ -127,7 +143,7 @@ def _with_overflow_nan(value: Array, overflow: Array) -> Array:
 
 def energy_fn(
     config: M3GNetConfig,
-    capacity: Capacity | None = None,
+    capacity: TopologyCapacity | None = None,
     *,
     soft_normalize: bool = True,
     remat: bool = False,
@@ -138,12 +154,12 @@ def energy_fn(
     atom_types (N, max_z+1): one-hot or any distribution over elements;
     positions (N, 3) Cartesian Å; lattice (3, 3), rows are lattice vectors.
     The topology is rebuilt inside at every call within the static capacity
-    (a :class:`~jmattersim.neighbors.Capacity`, or its fields as keywords:
+    (a :class:`~jmattersim.neighbors.TopologyCapacity`, or its fields as keywords:
     ``max_edges``, ``max_triplets``, ``max_neighbors``, ``max_pairs``; see
     :func:`~jmattersim.neighbors.capacity_for`); if it does not fit, the energy
     is NaN. jit, grad (any argument), vmap, hessian and jvp apply.
     """
-    capacity = capacity or Capacity(**capacities)
+    capacity = capacity or TopologyCapacity(**capacities)
 
     def energy(params: Params, atom_types: Array, positions: Array, lattice: Array) -> Array:
         n_node = jnp.array([positions.shape[0]])
@@ -161,7 +177,7 @@ def graph_mask(graph: jraph.GraphsTuple) -> Array:
 
 
 def graph_topology(graph: jraph.GraphsTuple, config: M3GNetConfig,
-                   capacity: Capacity) -> tuple[Array, Topology]:
+                   capacity: TopologyCapacity) -> tuple[Array, Topology]:
     """Safe lattices (a unit cube for padding graphs) and the in-jit topology of
     a padded jraph graph; ``graph.globals["pbc"]`` (G, 3) is optional."""
     graph = graph._replace(n_node=jnp.asarray(graph.n_node))  # jraph's masks index it
@@ -176,7 +192,7 @@ def graph_topology(graph: jraph.GraphsTuple, config: M3GNetConfig,
 
 def batch_predict(
     config: M3GNetConfig,
-    capacity: Capacity,
+    capacity: TopologyCapacity,
     params: Params,
     graph: jraph.GraphsTuple,
     soft_normalize: bool = True,
@@ -207,7 +223,8 @@ def batch_predict(
 
 
 def batch_energy_fn(
-    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True, remat: bool = False
+    config: M3GNetConfig, capacity: TopologyCapacity, soft_normalize: bool = True,
+    remat: bool = False,
 ) -> Callable[[Params, jraph.GraphsTuple], Array]:
     """``energies(params, graph) -> (G,)`` eV for a padded jraph graph (as in
     :func:`batch_predict`); NaN where a capacity overflows, 0 for padding graphs.
@@ -222,7 +239,8 @@ def batch_energy_fn(
 
 
 def batch_properties_fn(
-    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool = True, remat: bool = False
+    config: M3GNetConfig, capacity: TopologyCapacity, soft_normalize: bool = True,
+    remat: bool = False,
 ) -> Callable[[Params, jraph.GraphsTuple], Predictions]:
     """``properties(params, graph) -> Predictions`` (energy (G,) eV, forces (N, 3)
     eV/Å, stress (G, 3, 3) eV/Å^3) of a padded jraph graph (as in
@@ -235,16 +253,3 @@ def batch_properties_fn(
         return Predictions(*(_with_overflow_nan(v, overflow) for v in out))
 
     return properties
-
-
-def init_params(config: M3GNetConfig, key: Array) -> Params:
-    """Random Flax variables of the right shapes for ``config`` (float32)."""
-    e = 2
-    inputs = ModelInputs(
-        atom_types=jnp.zeros((2, config.num_species)), edge_vectors=jnp.ones((e, 3)),
-        senders=jnp.zeros(e, jnp.int32), receivers=jnp.ones(e, jnp.int32),
-        edge_mask=jnp.ones(e, bool), triplets=jnp.array([[0, 1]]),
-        triplet_mask=jnp.ones(1, bool),
-    )
-    return M3GNet(config).init(key, inputs)
-

@@ -10,12 +10,11 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-from .io import Model, cache_dir, init_model, load_model
-
-CONFIGS = {
-    "mattersim-v1.0.0-1M": {"num_blocks": 3, "units": 128},
-    "mattersim-v1.0.0-5M": {"num_blocks": 4, "units": 256},
-}
+from .checkpoint import Model, init_model
+from .config import M3GNetConfig
+from .io import load_model
+from .published import ARCHITECTURES
+from .runtime import cache_dir
 
 
 def random_checkpoint(path: str | os.PathLike, seed: int = 0, **model_args) -> Path:
@@ -74,18 +73,12 @@ def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> Demo:
     path = cache_dir() / "demo" / f"random-{name}-seed{seed}.pth"
     try:
         if not path.is_file():
-            random_checkpoint(path, seed, **CONFIGS[name])
+            random_checkpoint(path, seed, **ARCHITECTURES[name])
         model = load_model(path)
         kind = "a genuine-format checkpoint with seeded random weights"
     except ImportError:
-        model, path = init_model(load_model_config(name), seed), None
+        model, path = init_model(M3GNetConfig(**ARCHITECTURES[name]), seed), None
         kind = "jmattersim's random initialisation"
     description = (f"{kind} in the {name} configuration ({reason}). Its energies, forces "
                    "and stresses are NOT physics: they show the machinery.")
     return Demo(model, description, path)
-
-
-def load_model_config(name: str):
-    from .config import M3GNetConfig
-
-    return M3GNetConfig(**CONFIGS[name])

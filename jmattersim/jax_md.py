@@ -42,15 +42,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import dataclasses, partition, space
 
+from .checkpoint import Model
 from .energy import energies
-from .io import Model
 from .neighbors import Topology, build_triplets
 
 Array = jnp.ndarray
 
 
 @pydc.dataclass(frozen=True)
-class ListCapacity:
+class NeighborListCapacity:
     """Static sizes of a MatterSim neighbour list.
 
     method: "images" or "cell_list"; max_edges: pairs within cutoff + skin (images
@@ -85,7 +85,7 @@ class MatterSimNeighborList:
     reference_position: Array
     error: Array
     inner: Any
-    capacity: ListCapacity = dataclasses.static_field()
+    capacity: NeighborListCapacity = dataclasses.static_field()
     update_fn: Callable = dataclasses.static_field()
 
     def update(self, position: Array, **kwargs) -> MatterSimNeighborList:
@@ -364,7 +364,7 @@ def mattersim_neighbor_list(
             max_edges = math.ceil(int(mask.sum()) * capacity_multiplier) + 1 + extra_capacity
         in3 = np.asarray(mask & (d2 <= r3**2))
         per_atom = np.bincount(np.asarray(s)[in3], minlength=n_atoms)
-        capacity = ListCapacity(
+        capacity = NeighborListCapacity(
             method=m, max_edges=max_edges,
             max_neighbors=math.ceil(per_atom.max(initial=0) * capacity_multiplier) + 1,
             max_triplets=math.ceil(int((per_atom * (per_atom - 1)).sum())

@@ -21,8 +21,8 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from jax_md import quantity, simulate, space
 
+from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
-from .io import Model
 from .jax_md import atoms_to_jax_md, mattersim_neighbor_list
 
 ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")

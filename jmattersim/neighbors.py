@@ -29,6 +29,9 @@ import numpy as np
 from ase import Atoms
 
 from .config import M3GNetConfig
+from .geometry import candidate_pairs, image_range
+from .graph import neighbors_in_threebody, structure_graph
+from .padding import bucket
 
 Array = jnp.ndarray
 
@@ -51,7 +54,7 @@ class Topology(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Capacity:
+class TopologyCapacity:
     """Static sizes of an in-jit topology (all counts over the whole batch).
 
     max_edges: edges; max_triplets: triplets; max_neighbors: bonds of one atom
@@ -75,7 +78,7 @@ class Capacity:
         m = int(np.prod([2 * k + 1 for k in self.images]))
         return (self.max_atoms or n_atoms) ** 2 * m
 
-    def scaled(self, factor: float) -> Capacity:
+    def scaled(self, factor: float) -> TopologyCapacity:
         """A capacity ``factor`` times larger in every count (re-allocation)."""
         grow = lambda n: None if n is None else math.ceil(n * factor)  # noqa: E731
         return dataclasses.replace(
@@ -84,14 +87,14 @@ class Capacity:
             images=tuple(k + 1 for k in self.images),
         )
 
-    def covers(self, other: Capacity) -> bool:
+    def covers(self, other: TopologyCapacity) -> bool:
         """True if every count of ``other`` fits in this capacity."""
         fields = ("max_edges", "max_triplets", "max_neighbors", "max_pairs")
         return all(getattr(self, f) >= getattr(other, f) for f in fields)
 
-    def union(self, other: Capacity) -> Capacity:
+    def union(self, other: TopologyCapacity) -> TopologyCapacity:
         """The smallest capacity covering both (the sticky growth of a stream)."""
-        return Capacity(
+        return TopologyCapacity(
             max_edges=max(self.max_edges, other.max_edges),
             max_triplets=max(self.max_triplets, other.max_triplets),
             max_neighbors=max(self.max_neighbors, other.max_neighbors),
@@ -99,49 +102,25 @@ class Capacity:
         )
 
 
-def image_range(lattice: np.ndarray | Array, cutoff: float, xp=np):
-    """(..., 3) largest |n_k| needed along each lattice vector of (..., 3, 3) cells."""
-    a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
-    volume = xp.abs(xp.sum(a * xp.cross(b, c), axis=-1))
-    areas = xp.stack([xp.linalg.norm(xp.cross(b, c), axis=-1),
-                      xp.linalg.norm(xp.cross(c, a), axis=-1),
-                      xp.linalg.norm(xp.cross(a, b), axis=-1)], axis=-1)
-    widths = volume[..., None] / areas
-    return xp.ceil(cutoff / widths).astype(int)
-
-
-def candidate_pairs(n_atoms: int, lattice: np.ndarray, pbc: Sequence[bool],
-                    cutoff: float) -> int:
-    """n^2 M: the candidate pairs one structure takes in :func:`topology`."""
-    k = image_range(np.asarray(lattice, float), cutoff) * np.asarray(pbc, bool)
-    return n_atoms**2 * int(np.prod(2 * k + 1))
-
-
 def bucket_up(n: int) -> int:
-    """n rounded up to the ladder 2^(k/2) (multiples of 8): few distinct shapes."""
-    size = 8
-    while size < n:
-        size = int(math.ceil(size * math.sqrt(2) / 8) * 8)
-    return size
+    """n rounded up to the ladder of :func:`jmattersim.padding.bucket`: few shapes."""
+    return bucket(n - 1)
 
 
 def capacity_for(
     structures: Sequence[Atoms], config: M3GNetConfig, headroom: float = 1.25,
     batch_size: int | None = None, bucketed: bool = False,
-) -> Capacity:
+) -> TopologyCapacity:
     """A capacity that holds each of ``structures`` (or any ``batch_size`` of them
     together) with ``headroom``, measured on the host with :mod:`jmattersim.graph`.
     ``bucketed`` rounds every count up to a bucket (fewer compilations)."""
-    from .graph import structure_graph
-
     graphs = [structure_graph(a, config) for a in structures]
     per = batch_size or 1
     top = lambda values: sum(sorted(values, reverse=True)[:per])  # noqa: E731
-    pairs = [candidate_pairs(g.n_node, g.cell, np.asarray(a.pbc) | ~np.any(a.pbc),
-                             config.cutoff) for g, a in zip(graphs, structures, strict=True)]
-    k3 = max(neighbors_in_threebody(g.senders, g.triplets) for g in graphs)
+    pairs = [candidate_pairs(g.n_node, g.cell, g.pbc, config.cutoff) for g in graphs]
+    k3 = max(neighbors_in_threebody(g) for g in graphs)
     round_ = bucket_up if bucketed else (lambda n: n)
-    return Capacity(
+    return TopologyCapacity(
         max_edges=round_(math.ceil(top(g.n_edge for g in graphs) * headroom) + 1),
         max_triplets=round_(math.ceil(top(g.n_triplet for g in graphs) * headroom) + 1),
         max_neighbors=round_(math.ceil(k3 * headroom) + 1),
@@ -149,19 +128,12 @@ def capacity_for(
     )
 
 
-def neighbors_in_threebody(senders: np.ndarray, triplets: np.ndarray) -> int:
-    """Largest number of bonds of one centre within the three-body cutoff."""
-    if len(triplets) == 0:
-        return 1
-    return int(np.bincount(senders[np.unique(triplets[:, 0])]).max())
-
-
 def topology(
     positions: Array,
     lattice: Array,
     n_node: Array,
     config: M3GNetConfig,
-    capacity: Capacity,
+    capacity: TopologyCapacity,
     node_mask: Array | None = None,
     pbc: Array | None = None,
 ) -> Topology:
@@ -190,7 +162,7 @@ def topology(
     wrap = jnp.where(pbc[node_graph], jnp.floor(frac), 0.0)
     wrapped = positions - jnp.einsum("ni,nij->nj", wrap, lattice[node_graph])
 
-    k = jnp.where(pbc, image_range(lattice, config.cutoff, xp=jnp), 0)  # (G, 3)
+    k = image_range(lattice, config.cutoff, pbc, xp=jnp)  # (G, 3)
     width = 2 * k + 1
     n_images = jnp.prod(width, axis=1)
     count = n_real * n_real * n_images  # candidates per graph

@@ -1,291 +1,177 @@
-"""Relaxation of positions and cell with FIRE, one structure or many in one compiled loop.
+"""Relaxation of positions and cell, many structures at once.
 
-The cell is relaxed as ASE's ``FrechetCellFilter`` does: the degrees of freedom
-of structure g are its atoms in the reference frame, ``x``, and ``c = cell_factor
-* logm(F)``, where F is the deformation gradient from the starting cell:
-``cell = cell0 @ F.T`` and ``positions = x @ F.T``. Generalised forces are
-``-dE/dx`` and ``-dE/dc`` by automatic differentiation; FIRE (ASE's algorithm and
-defaults, one set of FIRE variables per structure) moves all of them. Converged
-when the largest Cartesian force component is below ``fmax`` and (with the cell)
-the largest stress component below ``smax``; converged structures stop moving
-while the rest go on.
+ASE's optimisers and cell filters do the stepping, one instance per structure
+(FIRE and ``FrechetCellFilter`` by default, as upstream's ``BatchRelaxer``); at
+every step the energies, forces and stresses of all structures still moving come
+from one :func:`jmattersim.engine.run` (host neighbour lists rebuilt at every step,
+exact; batches packed into the engine's budgets, so the compiled functions are
+those of the calculator and ``evaluate``).
 
-The topology is rebuilt inside the loop at every step (:func:`jmattersim.neighbors.topology`,
-exact for any cell) within a static capacity; an overflow stops the loop before
-the step that overflowed, and the driver re-allocates and continues from there.
+A structure that cannot go on (a cell collapsing, atoms piling up, a non-finite
+energy) stops with status ``"failed"`` and the reason; the others go on.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.stress import full_3x3_to_voigt_6_stress
+from ase.filters import ExpCellFilter, FrechetCellFilter
+from ase.optimize import BFGS, FIRE, LBFGS
 
-from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, energies
-from .io import Model
-from .neighbors import Capacity, capacity_for, topology
-from .validate import check_structures
+from . import engine
+from .checkpoint import Model
+from .energy import EV_PER_A3_TO_GPA
+from .graph import structure_graph
+from .validate import InvalidStructureError, check_atoms, check_structures, structure_label
 
-Array = jnp.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class FireParams:
-    """ASE's FIRE parameters (``ase.optimize.FIRE`` defaults)."""
-
-    dt: float = 0.1
-    maxstep: float = 0.2
-    dtmax: float = 1.0
-    n_min: int = 5
-    f_inc: float = 1.1
-    f_dec: float = 0.5
-    a_start: float = 0.1
-    f_a: float = 0.99
+OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}  # by upper-case name
+FILTERS = {"FrechetCellFilter": FrechetCellFilter, "ExpCellFilter": ExpCellFilter}
+STATUSES = ("converged", "not converged", "failed")
 
 
-class RelaxState(NamedTuple):
-    """x (N, 3) reference-frame positions Å; c (G, 3, 3) cell_factor * log F;
-    vx, vc: FIRE velocities; fx, fc: generalised forces at (x, c); dt, a (G,);
-    n_pos (G,) int; started, converged (G,) bool; steps (G,) int FIRE steps taken;
-    energy (G,) eV, forces (N, 3) eV/Å, stress (G, 3, 3) eV/Å^3 at (x, c)."""
+class _Run:
+    """One structure's relaxation: its atoms, optimiser and state."""
 
-    x: Array
-    c: Array
-    vx: Array
-    vc: Array
-    fx: Array
-    fc: Array
-    dt: Array
-    a: Array
-    n_pos: Array
-    started: Array
-    converged: Array
-    steps: Array
-    energy: Array
-    forces: Array
-    stress: Array
+    def __init__(self, atoms: Atoms, label: str, optimizer, cell_filter, kwargs: dict,
+                 fmax: float):
+        self.atoms = atoms
+        self.label = label
+        self.target = cell_filter(atoms) if cell_filter is not None else atoms
+        self.opt = optimizer(self.target, logfile=None, **kwargs)
+        self.opt.fmax = fmax
+        self.status = "not converged"
+        self.reason = ""
+        self.start_edges: int | None = None
+        self.start_volume = atoms.get_volume() if atoms.pbc.all() else None
 
-
-def _expm(m: Array) -> Array:
-    return jax.vmap(jax.scipy.linalg.expm)(m)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "capacity", "relax_cell", "fire"))
-def _relax_loop(config: M3GNetConfig, params, atom_types, cell0, n_node, node_mask, cell_factor,
-                state: RelaxState, fmax, smax, max_steps, *, capacity: Capacity,
-                relax_cell: bool, fire: FireParams):
-    """FIRE until every structure converged, ``max_steps`` or an overflow; the last
-    graph holds the padding atoms. Returns (state, overflow): on overflow, the state
-    is the last one whose topology fitted."""
-    n_graph = cell0.shape[0]
-    real = jnp.arange(n_graph) < n_graph - 1
-    node_graph = jnp.repeat(jnp.arange(n_graph), n_node, total_repeat_length=node_mask.shape[0])
-    eye = jnp.eye(3, dtype=cell0.dtype)
-
-    def deformation(c):
-        if relax_cell:
-            return _expm(c / cell_factor[:, None, None])
-        return jnp.broadcast_to(eye, cell0.shape)
-
-    def geometry(x, c):
-        f = deformation(c)
-        lattice = jnp.einsum("gij,gkj->gik", cell0, f)  # cell0 @ F.T
-        positions = jnp.einsum("ni,nji->nj", x, f[node_graph])  # x @ F.T
-        return positions, lattice
-
-    def evaluate(x, c):
-        """energy (G,), generalised forces, physical forces, stress, converged, overflow."""
-        positions, lattice = geometry(x, c)
-        topo = topology(positions, lattice, n_node, config, capacity, node_mask)
-
-        def total(x, c, strain):
-            pos, lat = geometry(x, c)
-            e = energies(config, params, atom_types, pos, lat, n_node, topo, strain)
-            return jnp.sum(jnp.where(real, e, 0.0)), e
-
-        strain = jnp.zeros_like(cell0)
-        (_, e), (gx, gc, ge) = jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True)(
-            x, c, strain)
-        volume = jnp.abs(jnp.linalg.det(jnp.where(real[:, None, None], lattice, eye)))
-        stress = ge / volume[:, None, None]
-        # generalised force on x is f @ F, so f = f_x @ F^-1
-        finv = jnp.linalg.inv(deformation(c))
-        forces = jnp.einsum("ni,nij->nj", -gx, finv[node_graph]) * node_mask[:, None]
-        fmax_g = jax.ops.segment_max(jnp.max(jnp.abs(forces), axis=1), node_graph,
-                                     num_segments=n_graph)
-        ok = fmax_g < fmax
-        if relax_cell:
-            ok = ok & (jnp.max(jnp.abs(stress), axis=(1, 2)) * EV_PER_A3_TO_GPA < smax)
-        fc = -gc if relax_cell else jnp.zeros_like(gc)
-        return e, -gx * node_mask[:, None], fc, forces, stress, ok | ~real, topo.overflow
-
-    def gsum(node_val, cell_val):
-        return jax.ops.segment_sum(node_val, node_graph, num_segments=n_graph) + cell_val
-
-    def cond(carry):
-        state, overflow, it = carry
-        return ~overflow & ~jnp.all(state.converged) & (it < max_steps)
-
-    def body(carry):
-        s, _, it = carry
-        active = ~s.converged
-        dtype = s.x.dtype
-        fx, fc = s.fx, s.fc
-        # ase.optimize.FIRE.step, per structure, on the vector (x, c)
-        vf = gsum(jnp.sum(fx * s.vx, 1), jnp.sum(fc * s.vc, (1, 2)))
-        ff = gsum(jnp.sum(fx * fx, 1), jnp.sum(fc * fc, (1, 2)))
-        vv = gsum(jnp.sum(s.vx * s.vx, 1), jnp.sum(s.vc * s.vc, (1, 2)))
-        uphill = s.started & (vf <= 0)
-        downhill = s.started & (vf > 0)
-        mix = jnp.where(downhill, s.a, 0.0)
-        scale = jnp.where(downhill, jnp.sqrt(vv) / jnp.sqrt(jnp.where(ff > 0, ff, 1.0)), 0.0)
-        vx = (1 - mix[node_graph, None]) * s.vx + (mix * scale)[node_graph, None] * fx
-        vc = (1 - mix[:, None, None]) * s.vc + (mix * scale)[:, None, None] * fc
-        grow = downhill & (s.n_pos > fire.n_min)
-        dt = jnp.where(grow, jnp.minimum(s.dt * fire.f_inc, fire.dtmax), s.dt)
-        a = jnp.where(grow, s.a * fire.f_a, s.a)
-        n_pos = jnp.where(downhill, s.n_pos + 1, s.n_pos)
-        vx = jnp.where(uphill[node_graph, None], 0.0, vx)
-        vc = jnp.where(uphill[:, None, None], 0.0, vc)
-        a = jnp.where(uphill, fire.a_start, a)
-        dt = jnp.where(uphill, dt * fire.f_dec, dt)
-        n_pos = jnp.where(uphill, 0, n_pos)
-        vx = vx + dt[node_graph, None] * fx
-        vc = vc + dt[:, None, None] * fc
-        dx, dc = dt[node_graph, None] * vx, dt[:, None, None] * vc
-        norm = jnp.sqrt(gsum(jnp.sum(dx * dx, 1), jnp.sum(dc * dc, (1, 2))))
-        shrink = jnp.where(norm > fire.maxstep, fire.maxstep / jnp.where(norm > 0, norm, 1.0),
-                           1.0).astype(dtype)
-        move = active.astype(dtype) * shrink
-        x = s.x + move[node_graph, None] * dx
-        c = s.c + move[:, None, None] * dc
-        e, fx2, fc2, forces, stress, ok, overflow = evaluate(x, c)
-        new = RelaxState(x, c, vx, vc, fx2, fc2, dt, a, n_pos, s.started | active, ok,
-                         s.steps + active, e, forces, stress)
-        per_node = RelaxState(*(f in ("x", "vx", "fx", "forces") for f in RelaxState._fields))
-
-        def keep(n, o, node):
-            m = active[node_graph] if node else active
-            m = m.reshape(m.shape + (1,) * (n.ndim - 1))
-            return jnp.where(m & ~overflow, n, o)
-
-        return RelaxState(*map(keep, new, s, per_node)), overflow, it + 1
-
-    e, fx, fc, forces, stress, ok, overflow = evaluate(state.x, state.c)
-    state = state._replace(fx=fx, fc=fc, energy=e, forces=forces, stress=stress,
-                           converged=ok)
-    state, overflow2, _ = jax.lax.while_loop(
-        cond, body, (state, overflow, jnp.asarray(0)))
-    return state, overflow | overflow2
-
-
-def _pack(structures: Sequence[Atoms], config: M3GNetConfig, dtype):
-    """Concatenated atoms plus one padding atom in a padding graph (jraph's layout)."""
-    n = [len(a) for a in structures]
-    total = sum(n) + 1
-    atom_types = np.zeros((total, config.num_species), dtype)
-    positions = np.zeros((total, 3), dtype)
-    cells = np.tile(np.eye(3, dtype=dtype), (len(structures) + 1, 1, 1))
-    start = 0
-    for g, a in enumerate(structures):
-        atom_types[start + np.arange(len(a)), a.numbers] = 1.0
-        positions[start:start + len(a)] = a.positions
-        cells[g] = a.cell.array
-        start += len(a)
-    node_mask = np.arange(total) < total - 1
-    return atom_types, positions, cells, np.array(n + [1], np.int32), node_mask
+    def fail(self, reason: str) -> None:
+        self.status, self.reason = "failed", reason
+        self.atoms.calc = None  # no results for a geometry that was not evaluated
 
 
 def relax(
     model: Model,
     atoms: Atoms | Sequence[Atoms],
     fmax: float = 0.02,
-    smax: float = 0.02,
+    smax: float | None = None,
     max_steps: int = 1000,
     relax_cell: bool = True,
-    cell_factor: float | None = None,
-    fire: FireParams = FireParams(),
-    headroom: float = 1.25,
-    capacity: Capacity | None = None,
-    max_reallocations: int = 6,
+    optimizer: str | type = "FIRE",
+    cell_filter: str | type = "FrechetCellFilter",
+    optimizer_kwargs: dict[str, Any] | None = None,
+    max_edge_growth: float = 8.0,
     dtype=None,
+    progress: bool = False,
 ) -> Atoms | list[Atoms]:
-    """Relaxes one structure or a list of them together (one compiled loop).
+    """Relaxes one structure or many together; returns relaxed copies.
 
-    fmax: eV/Å, largest force component; smax: GPa, largest stress component (cell
-    relaxation only); cell_factor: weight of the cell's degrees of freedom
-    (default: the number of atoms, as ``FrechetCellFilter``); max_steps: FIRE steps;
-    capacity: the topology's starting capacity (default: measured with ``headroom``;
-    grown by 1.5x whenever it overflows, at most ``max_reallocations`` times, then a
-    RuntimeError). Structures of one size and one capacity share one compiled loop.
-    Periodic structures only. Returns copies of the structures (relaxed positions
-    and cell) with a single-point calculator holding energy (eV), forces (eV/Å) and
-    stress (eV/Å^3, ASE's Voigt order), and ``info["relax_converged"]``,
-    ``info["relax_steps"]``. Computes in float64 under x64, float32 otherwise.
+    fmax: eV/Å, the optimiser's convergence criterion (with a cell filter it applies
+    to the filter's generalised forces, as in ASE and upstream's ``BatchRelaxer``);
+    smax: GPa, optionally also require every stress component below it; max_steps:
+    optimiser steps per structure; optimizer: "FIRE", "BFGS", "LBFGS" or an ASE
+    ``Optimizer`` class (``optimizer_kwargs`` go to it); cell_filter:
+    "FrechetCellFilter", "ExpCellFilter" or an ASE filter class, used when
+    ``relax_cell``; max_edge_growth: a structure whose neighbour count grows beyond
+    this factor of its start is failed as a collapsing cell. Computes in float64
+    under x64, float32 otherwise.
+
+    Each returned structure carries a single-point calculator (energy eV, forces
+    eV/Å, stress eV/Å^3 at the last evaluated geometry) and ``info["relax_status"]``
+    ("converged", "not converged" or "failed"), ``info["relax_converged"]``,
+    ``info["relax_steps"]`` and, when failed, ``info["relax_error"]`` (the reason).
     """
     single = isinstance(atoms, Atoms)
     structures = [atoms] if single else list(atoms)
-    if not all(a.pbc.all() for a in structures):
-        raise ValueError("relax handles periodic structures (pbc all True) only")
     check_structures(structures, model.config)
-    if dtype is None:
-        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
-    config = model.config
-    params = model.astype(dtype).params
-    atom_types, positions, cells, n_node, node_mask = _pack(structures, config, dtype)
-    n_graph = len(n_node)
-    factors = np.array([cell_factor or len(a) for a in structures] + [1.0], dtype)
-    if capacity is None:
-        capacity = capacity_for(structures, config, headroom, batch_size=len(structures))
-    capacity = dataclasses.replace(capacity, max_atoms=max(len(a) for a in structures))
-    zeros_n, zeros_g = np.zeros_like(positions), np.zeros((n_graph, 3, 3), dtype)
-    state = RelaxState(
-        x=positions, c=zeros_g, vx=zeros_n, vc=zeros_g, fx=zeros_n, fc=zeros_g,
-        dt=np.full(n_graph, fire.dt, dtype), a=np.full(n_graph, fire.a_start, dtype),
-        n_pos=np.zeros(n_graph, np.int32), started=np.zeros(n_graph, bool),
-        converged=np.zeros(n_graph, bool), steps=np.zeros(n_graph, np.int32),
-        energy=np.zeros(n_graph, dtype), forces=zeros_n, stress=zeros_g)
-    args = (config, params, atom_types, cells, n_node, node_mask, factors)
-    reallocations = 0
-    while True:
-        budget = max_steps - int(np.max(state.steps))
-        state, overflow = _relax_loop(*args, state, fmax, smax, budget, capacity=capacity,
-                                      relax_cell=relax_cell, fire=fire)
-        if not bool(overflow):
-            break
-        reallocations += 1
-        if reallocations > max_reallocations:
-            raise RuntimeError(
-                f"the topology outgrew its capacity {max_reallocations} times (last {capacity}):"
-                " a cell collapsing or atoms piling up? (max_reallocations)")
-        capacity = capacity.scaled(1.5)  # re-allocate; go on from the last good state
-    state = jax.tree_util.tree_map(np.asarray, state)
-    f = np.stack([_expm_np(c / k) for c, k in zip(state.c, factors, strict=True)])
-    out, start = [], 0
-    for g, a in enumerate(structures):
-        n = len(a)
-        new = a.copy()
-        new.set_cell(cells[g] @ f[g].T)
-        new.positions = state.x[start:start + n] @ f[g].T
-        stress = full_3x3_to_voigt_6_stress(np.asarray(state.stress[g], float))
-        new.calc = SinglePointCalculator(new, energy=float(state.energy[g]),
-                                         forces=np.asarray(state.forces[start:start + n], float),
-                                         stress=stress)
-        new.info["relax_converged"] = bool(state.converged[g])
-        new.info["relax_steps"] = int(state.steps[g])
-        out.append(new)
-        start += n
+    if isinstance(optimizer, str):
+        optimizer = OPTIMIZERS[optimizer.upper()]
+    if isinstance(cell_filter, str):
+        cell_filter = FILTERS[cell_filter]
+    if relax_cell and not all(a.pbc.all() for a in structures):
+        raise ValueError("relaxing the cell needs periodic structures (pbc all True); "
+                         "pass relax_cell=False for molecules and slabs")
+    runs = [_Run(a.copy(), structure_label(k, a.numbers), optimizer,
+                 cell_filter if relax_cell else None, optimizer_kwargs or {}, fmax)
+            for k, a in enumerate(structures)]
+    active = list(runs)
+    bar = _progress(len(runs), progress)
+    with warnings.catch_warnings():  # FrechetCellFilter's logm of a nearly exact matrix
+        warnings.filterwarnings("ignore", "logm result may be inaccurate")
+        while active:
+            still = _step(model, active, max_steps, smax if relax_cell else None,
+                          max_edge_growth, dtype)
+            bar.update(len(active) - len(still))
+            active = still
+    bar.close()
+    out = []
+    for run in runs:
+        run.atoms.info.update(relax_status=run.status, relax_converged=run.status == "converged",
+                              relax_steps=int(run.opt.nsteps))
+        if run.reason:
+            run.atoms.info["relax_error"] = run.reason
+        out.append(run.atoms)
     return out[0] if single else out
 
 
-def _expm_np(m: np.ndarray) -> np.ndarray:
-    return np.asarray(jax.scipy.linalg.expm(jnp.asarray(m)))
+def _step(model: Model, active: list[_Run], max_steps: int, smax: float | None,
+          max_edge_growth: float, dtype) -> list[_Run]:
+    """Evaluates every active structure at once, then steps each one that has not
+    converged; returns those still going."""
+    graphs, evaluated = [], []
+    for run in active:
+        try:
+            check_atoms(run.atoms, model.config, run.label)
+            g = structure_graph(run.atoms, model.config)
+        except InvalidStructureError as e:
+            run.fail(e.problem)
+            continue
+        run.start_edges = run.start_edges or max(g.n_edge, 1)
+        if g.n_edge > max_edge_growth * run.start_edges:
+            volume = run.atoms.get_volume() / run.start_volume if run.start_volume else 1.0
+            run.fail(f"the cell collapsed: {g.n_edge} neighbour pairs, "
+                     f"{g.n_edge / run.start_edges:.1f} times its start, at "
+                     f"{volume:.0%} of its starting volume")
+            continue
+        graphs.append(g)
+        evaluated.append(run)
+    results = engine.run(model, graphs, dtype=dtype) if graphs else []
+    still = []
+    for run, out in zip(evaluated, results, strict=True):
+        if not (np.isfinite(out.energy) and np.isfinite(out.forces).all()
+                and np.isfinite(out.stress).all()):
+            run.fail("the model returned a non-finite energy, forces or stress")
+            continue
+        run.atoms.calc = SinglePointCalculator(run.atoms, energy=out.energy,
+                                               free_energy=out.energy, forces=out.forces,
+                                               stress=out.stress)
+        done = run.opt.gradient_converged(run.opt.optimizable.get_gradient())
+        if done and smax is not None:
+            done = float(np.abs(out.stress).max()) * EV_PER_A3_TO_GPA < smax
+        if done:
+            run.status = "converged"
+        elif run.opt.nsteps < max_steps:
+            run.opt.step()
+            run.opt.nsteps += 1
+            still.append(run)
+    return still
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="structure", desc="relax")

@@ -1,6 +1,6 @@
-"""Data-set evaluation that streams: frames are read lazily, evaluated in
-padded (and, given a mesh, sharded) batches of one shape, and appended to the
-output chunk by chunk, each chunk made durable (fsync) before the progress
+"""Data-set evaluation that streams: frames are read lazily, evaluated through
+:mod:`jmattersim.engine` (packed into its budgets; sharded given a mesh), and
+appended to the output chunk by chunk, each chunk made durable (fsync) before the progress
 file records it. An interrupted run resumes from the last recorded chunk:
 the output is cut back to that point and the same chunks follow, so the
 result equals an uninterrupted run's.
@@ -11,75 +11,29 @@ the run completes.
 
 from __future__ import annotations
 
-import functools
 import io
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import ase.io
 import jax
-import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
-from ase.units import GPa
 
-from . import sharding
-from .calculator import default_dtype, predict_jit
-from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, predict
-from .evaluate import Capacity, Result, pack
-from .graph import batch_graphs, structure_graph
-from .io import Model
+from . import engine
+from .checkpoint import Model
+from .graph import structure_graph
 from .validate import check_atoms, structure_label
 
 
-@functools.lru_cache(maxsize=8)
-def _sharded_predict(config: M3GNetConfig, mesh: jax.sharding.Mesh):
-    return sharding.over_devices(functools.partial(predict, config), mesh)
-
-
-def evaluate_stream(model: Model, structures: Iterable[Atoms], capacity: Capacity | None = None,
-                    mesh: jax.sharding.Mesh | None = None, dtype=None) -> list[Result]:
-    """Energy, forces and stress (GPa) of ``structures`` in padded batches of
-    one capacity; with ``mesh``, ``mesh.size`` batches at a time, one per device."""
-    dtype = np.dtype(dtype or default_dtype())
-    config = model.config
-    graphs = [structure_graph(a, config) for a in structures]
-    capacity = capacity or Capacity()
-    for g in graphs:
-        capacity = capacity.covering(g)
-    params = model.astype(dtype).params
-    chunks = list(pack(graphs, capacity))
-    per_step = mesh.size if mesh is not None else 1
-    results: list[Result] = []
-    for step in range(0, len(chunks), per_step):
-        group = chunks[step:step + per_step]
-        batches = [batch_graphs([graphs[k] for k in c], config, capacity.nodes, capacity.edges,
-                                capacity.triplets, capacity.graphs, dtype=dtype)
-                   for c in group + [[]] * (per_step - len(group))]
-        if mesh is None:
-            outs = [jax.device_get(predict_jit(config, params, batches[0]))]
-        else:
-            stacked = sharding.place(sharding.stack(batches), mesh)
-            outs = sharding.unstack(_sharded_predict(config, mesh)(params, stacked), per_step)
-        for chunk, out in zip(group, outs, strict=False):
-            start = 0
-            for i, k in enumerate(chunk):
-                n = graphs[k].n_node
-                results.append(Result(float(out.energy[i]), np.asarray(out.forces[start:start + n]),
-                                      np.asarray(out.stress[i]) * EV_PER_A3_TO_GPA))
-                start += n
-    return results
-
-
-def _labelled(atoms: Atoms, res: Result) -> Atoms:
+def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
     atoms.calc = SinglePointCalculator(
         atoms, energy=res.energy, free_energy=res.energy, forces=res.forces,
-        stress=full_3x3_to_voigt_6_stress(res.stress) * GPa,  # eV/A^3, as ASE
+        stress=full_3x3_to_voigt_6_stress(res.stress),  # eV/A^3, as ASE
     )
     return atoms
 
@@ -111,7 +65,7 @@ def resume_point(model: Model, src: str | os.PathLike, out: str | os.PathLike,
 
 
 def predict_file(model: Model, src: str | os.PathLike, out: str | os.PathLike, *,
-                 chunk: int = 64, mesh: jax.sharding.Mesh | None = None, resume: bool = True,
+                 chunk: int = 256, mesh: jax.sharding.Mesh | None = None, resume: bool = True,
                  progress: bool = True) -> Iterator[int]:
     """Evaluates every frame of ``src`` into extxyz ``out`` (energy, free_energy,
     forces, stress in eV/Å^3), ``chunk`` frames at a time; yields the number
@@ -135,7 +89,8 @@ def predict_file(model: Model, src: str | os.PathLike, out: str | os.PathLike, *
         while batch := list(itertools.islice(frames, chunk)):
             for k, atoms in enumerate(batch):
                 check_atoms(atoms, model.config, structure_label(done + k, atoms.numbers, "frame"))
-            results = evaluate_stream(model, batch, mesh=mesh)
+            results = engine.run(model, [structure_graph(a, model.config) for a in batch],
+                                 mesh=mesh)
             text = io.StringIO()
             ase.io.write(text, [_labelled(a, r) for a, r in zip(batch, results, strict=True)],
                          format="extxyz")

@@ -11,7 +11,7 @@ the atom(s) and the problem, e.g.::
   the CLI, ``relax``);
 - :func:`check_arrays` for the tensor API (``forward_batch``): atom_types (ΣN, max_z+1),
   positions (ΣN, 3), lattice (G, 3, 3), sizes (G,); optionally against an in-jit
-  :class:`jmattersim.neighbors.Capacity` (raises :class:`CapacityOverflowError`).
+  :class:`jmattersim.neighbors.TopologyCapacity` (raises :class:`CapacityOverflowError`).
 
 An isolated atom (no neighbour within the cutoff) is valid: its energy is the
 model's energy of the atom without edges, as upstream gives it.
@@ -128,14 +128,12 @@ def check_lattice(cell: np.ndarray, pbc: Sequence[bool], label: str = "",
 def check_distances(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool],
                     label: str = "", min_distance: float = MIN_DISTANCE) -> None:
     """No two atoms (periodic images included) closer than ``min_distance``."""
-    from ase.neighborlist import primitive_neighbor_list
+    from .graph import neighbor_list
 
     pbc = np.asarray(pbc, dtype=bool)
     if not pbc.any():
-        cell = np.zeros((3, 3))
-    i, j, shifts, d = primitive_neighbor_list(
-        "ijSd", pbc, np.asarray(cell, float), np.asarray(positions, float), min_distance,
-        self_interaction=False, use_scaled_positions=False)
+        cell = np.eye(3)
+    i, j, shifts, d = neighbor_list(positions, cell, pbc, min_distance)
     if len(i) == 0:
         return
     k = int(np.argmin(d))
@@ -238,7 +236,7 @@ def check_arrays(
     finite, every lattice non-singular and non-degenerate, no two atoms (images
     included) closer than ``min_distance``. labels: names of the G structures
     (default 'structure g (formula)', the formula from each row's likeliest element).
-    capacity: a :class:`jmattersim.neighbors.Capacity`; if given, the whole batch
+    capacity: a :class:`jmattersim.neighbors.TopologyCapacity`; if given, the whole batch
     must fit it (:class:`CapacityOverflowError` otherwise). Host-only (numpy).
     """
     config = _config(config)
@@ -307,10 +305,10 @@ def check_arrays(
 def check_capacity(structures: Sequence[tuple[str, np.ndarray, np.ndarray]],
                    config: M3GNetConfig, capacity: Any) -> None:
     """Raises :class:`CapacityOverflowError` unless the batch of (label, positions,
-    lattice) fits ``capacity`` (a :class:`jmattersim.neighbors.Capacity`; counts over
+    lattice) fits ``capacity`` (a :class:`jmattersim.neighbors.TopologyCapacity`; counts over
     the whole batch), counted on the host with the sets the in-jit topology builds."""
+    from .geometry import candidate_pairs
     from .graph import neighbor_list, triplet_indices
-    from .neighbors import candidate_pairs
 
     total_atoms = sum(len(pos) for _, pos, _ in structures)
     max_pairs = capacity.pairs(total_atoms)
@@ -375,10 +373,10 @@ def checked_energy_fn(
     ``checkify.checkify``): an unfunctionalised check cannot run under ``jit``.
     """
     from .energy import energy_fn
-    from .neighbors import Capacity, topology
+    from .neighbors import TopologyCapacity, topology
 
     base = energy_fn(config, capacity, soft_normalize=soft_normalize, **capacities)
-    capacity = capacity or Capacity(**capacities)
+    capacity = capacity or TopologyCapacity(**capacities)
 
     def energy(params: Any, atom_types: jnp.ndarray, positions: jnp.ndarray,
                lattice: jnp.ndarray) -> jnp.ndarray:

@@ -16,9 +16,10 @@ import pytest
 
 import jmattersim.energy as energy_module
 from jmattersim.config import M3GNetConfig
-from jmattersim.energy import energies, init_params, predict
-from jmattersim.graph import batch_graphs, structure_graph
-from jmattersim.model import M3GNet
+from jmattersim.energy import energies, predict
+from jmattersim.graph import structure_graph
+from jmattersim.model import M3GNet, init_params
+from jmattersim.padding import pad, tight_budget, total_counts
 
 from conftest import mptrj_frames, special_structures
 
@@ -75,7 +76,7 @@ def predictions(graphs, params, dtype, fast=True, remat=False):
 
 def _predictions(graphs, params, dtype, **options):
     cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
-    batch = batch_graphs(graphs, CONFIG, dtype=np.dtype(dtype))
+    batch = pad(graphs, tight_budget(total_counts(graphs)), CONFIG, np.dtype(dtype))
     model = functools.partial(M3GNet, **options)
     with mock.patch.object(energy_module, "M3GNet", model):
         # a fresh function: jit's cache must not hand back another variant's trace
@@ -126,7 +127,7 @@ def test_remat_equals_plain(graphs, params):
 
 def force_stress_loss_grad(graphs, params, **options):
     """Gradient in positions, lattice and atom types of sum |F|^2 + sum |stress|^2."""
-    batch = batch_graphs(graphs, CONFIG, dtype=np.float64)
+    batch = pad(graphs, tight_budget(total_counts(graphs)), CONFIG, np.float64)
     g = batch.graph
     topo = energy_module.batch_topology(batch)
     real = np.arange(g.n_node.shape[0]) < len(graphs)

@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import jmattersim
-from jmattersim.evaluate import Capacity, evaluate
+from jmattersim.evaluate import evaluate
+from jmattersim.padding import BatchBudget
 from jmattersim.validate import InvalidStructureError, check_atoms
 
 PROFILES = {
@@ -68,7 +69,7 @@ PROFILE = _profile()
 # One padded shape for every batch (one compile): structures of at most 8 atoms at
 # 18-30 Å^3 per atom (a typical solid's density; ~30 bonds and ~150 triplets per
 # atom); a batch that does not fit is split into calls of the same shape.
-CAPACITY = Capacity(nodes=16, edges=768, triplets=4096, graphs=4)
+LADDER = (BatchBudget(nodes=16, edges=768, triplets=4096, graphs=4),)
 RTOL = 1e-11  # relative to max(1, |quantity|): see the module docstring
 
 
@@ -103,7 +104,7 @@ def run(model, structures: list[Atoms]):
     """Energies (eV), forces (eV/Å), stresses (GPa) in float64, one compiled function;
     checks on each result that the forces sum to zero and the stress is symmetric."""
     with jax.enable_x64(True):
-        results = evaluate(model.model, structures, capacity=CAPACITY, dtype=jnp.float64)
+        results = evaluate(model.model, structures, ladder=LADDER, dtype=jnp.float64)
     for res in results:
         check_result(res)
     return results

@@ -337,7 +337,7 @@ def test_checked_energy_raises_on_overflow(tiny, si_inputs, si_capacity):
     small = dataclasses.replace(si_capacity, max_edges=100)  # Si8 has 224 edges
     energy = checked(checked_energy_fn(TINY, small))
     with pytest.raises(CapacityOverflowError, match="^neighbour capacity overflow: the "
-                       r"structure does not fit Capacity\(max_edges=100"):
+                       r"structure does not fit TopologyCapacity\(max_edges=100"):
         energy(tiny.params, *si_inputs)
 
 

@@ -1,5 +1,5 @@
-"""Flax M3GNet and its bases."""
+"""MatterSim's M3GNet in Flax."""
 
-from .m3gnet import M3GNet, ModelInputs
+from .m3gnet import M3GNet, ModelInputs, init_params
 
-__all__ = ["M3GNet", "ModelInputs"]
+__all__ = ["M3GNet", "ModelInputs", "init_params"]

@@ -252,3 +252,15 @@ def _constants(module: nn.Module, values: dict, dtype) -> dict[str, Array]:
         k: module.variable("constants", k, lambda v=v: jnp.asarray(v)).value.astype(dtype)
         for k, v in values.items()
     }
+
+
+def init_params(config: M3GNetConfig, key: Array):
+    """Random Flax variables of the right shapes for ``config`` (float32)."""
+    e = 2
+    inputs = ModelInputs(
+        atom_types=jnp.zeros((2, config.num_species)), edge_vectors=jnp.ones((e, 3)),
+        senders=jnp.zeros(e, jnp.int32), receivers=jnp.ones(e, jnp.int32),
+        edge_mask=jnp.ones(e, bool), triplets=jnp.array([[0, 1]]),
+        triplet_mask=jnp.ones(1, bool),
+    )
+    return M3GNet(config).init(key, inputs)

@@ -1,0 +1,243 @@
+"""The evaluation engine: the one path from concrete structures to energies,
+forces and stresses.
+
+Structures become host graphs (:mod:`jmattersim.graph`, exact, as upstream builds
+them), are packed into a few fixed budgets (:class:`~jmattersim.padding.BatchBudget`,
+first-fit decreasing, in the spirit of ``jraph.dynamically_batch``), padded, and
+run through one compiled function per budget and dtype (:func:`predict_batch`).
+The ASE calculator, :func:`jmattersim.evaluate`, ``jmattersim predict`` and
+``forward_batch`` on concrete inputs all call :func:`run`, so they share their
+compiled functions: a process compiles at most one function per rung of
+:data:`LADDER` (and one per structure larger than its top rung).
+
+- A stream packs into the top rung; what is left at its end runs in the
+  smallest rung that holds it.
+- One structure alone (the calculator) runs in the smallest rung that holds it.
+- A structure larger than a rung runs in the next; beyond the top rung it gets
+  its own budget, each count rounded up to :func:`~jmattersim.padding.bucket`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from . import sharding
+from .checkpoint import Model
+from .config import M3GNetConfig
+from .energy import Predictions, predict
+from .graph import StructureGraph
+from .padding import BatchBudget, Counts, counts_of, pad, tight_budget
+
+# Budgets, smallest first. Edges dominate the cost; triplets (about 8 to 12 per
+# edge in MPtrj, Alexandria and MPF, up to 40) are budgeted at 12 per edge and
+# atoms at 1 per 8 edges (MPtrj averages 33 edges per atom).
+LADDER: tuple[BatchBudget, ...] = (
+    BatchBudget(nodes=64, edges=768, triplets=9216, graphs=32),
+    BatchBudget(nodes=384, edges=3072, triplets=36864, graphs=128),
+    BatchBudget(nodes=1536, edges=12288, triplets=147456, graphs=512),
+)
+
+
+class Evaluation(NamedTuple):
+    """One structure's energy (eV), forces (N, 3) eV/Å and stress (3, 3) eV/Å^3
+    (ASE's sign); forces and stress are None without derivatives."""
+
+    energy: float
+    forces: np.ndarray | None
+    stress: np.ndarray | None
+
+
+def default_dtype():
+    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+    return np.float64 if jax.config.read("jax_enable_x64") else np.float32
+
+
+# ------------------------------------------------------------------------------ budgets
+
+
+def smallest_rung(counts: Counts, ladder: Sequence[BatchBudget] = LADDER) -> BatchBudget:
+    """The smallest rung of ``ladder`` that holds ``counts``, else an own budget."""
+    for rung in ladder:
+        if rung.holds(counts):
+            return rung
+    return tight_budget(counts)
+
+
+def first_fit_decreasing(items: Sequence[int], counts: Sequence[Counts],
+                         budget: BatchBudget) -> list[list[int]]:
+    """Packs ``items`` (indices into ``counts``) into as few groups as fit ``budget``:
+    largest first (by the budget share of their largest count), each into the
+    first group it fits. Groups list their items in increasing order."""
+    limit = np.asarray(budget) - 1  # strictly below: one padding graph, node, edge
+    sizes = np.asarray([counts[k] for k in items], dtype=np.int64).reshape(-1, 4)
+    order = np.argsort(-(sizes / np.asarray(budget)).max(axis=1), kind="stable")
+    loads = np.zeros((0, 4), np.int64)
+    groups: list[list[int]] = []
+    for row in order:
+        fits = np.flatnonzero(np.all(loads + sizes[row] <= limit, axis=1))
+        if fits.size:
+            loads[fits[0]] += sizes[row]
+            groups[fits[0]].append(items[row])
+        else:
+            loads = np.vstack([loads, sizes[row]])
+            groups.append([items[row]])
+    return [sorted(g) for g in groups]
+
+
+def plan(counts: Sequence[Counts], ladder: Sequence[BatchBudget] = LADDER
+         ) -> list[tuple[list[int], BatchBudget]]:
+    """Groups of structure indices and the budget each runs in (see the module
+    notes). Every structure is in exactly one group.
+
+    Structures that the top rung holds are packed into it (first-fit
+    decreasing); the items of its groups that came out less than half full are
+    packed again into the rung below when that costs less. Each group then runs
+    in the smallest rung that holds it. Larger structures run one by one."""
+    main = ladder[-1]
+    fits = [k for k in range(len(counts)) if main.holds(counts[k])]
+    groups = first_fit_decreasing(fits, counts, main)
+    if len(ladder) > 1 and groups:
+        sparse = [g for g in groups if _fill(g, counts, main) < 0.5]
+        items = sorted(k for g in sparse for k in g)
+        lower = ladder[-2]
+        if items and all(lower.holds(counts[k]) for k in items):
+            again = first_fit_decreasing(items, counts, lower)
+            if _cost(again, counts, ladder) < _cost(sparse, counts, ladder):
+                groups = [g for g in groups if _fill(g, counts, main) >= 0.5] + again
+    out = [(g, smallest_rung(_total(g, counts), ladder)) for g in groups]
+    out += [([k], smallest_rung(counts[k], ladder)) for k in range(len(counts))
+            if not main.holds(counts[k])]
+    return sorted(out)
+
+
+def _total(group: Sequence[int], counts: Sequence[Counts]) -> Counts:
+    return sum((counts[k] for k in group), Counts(0, 0, 0, 0))
+
+
+def _fill(group: Sequence[int], counts: Sequence[Counts], budget: BatchBudget) -> float:
+    return _total(group, counts).edges / budget.edges
+
+
+def _cost(groups: Sequence[Sequence[int]], counts: Sequence[Counts],
+          ladder: Sequence[BatchBudget]) -> float:
+    return sum(smallest_rung(_total(g, counts), ladder).cost() for g in groups)
+
+
+# --------------------------------------------------------------------------- compiled
+
+
+_TRACES: list[tuple] = []
+_RECORDERS: list[set] = []
+
+
+@functools.partial(jax.jit, static_argnames=("config", "derivatives", "within_cutoffs",
+                                             "soft_normalize"))
+def predict_batch(config: M3GNetConfig, params, batch, derivatives: bool = True,
+                  within_cutoffs: bool = False, soft_normalize: bool = True) -> Predictions:
+    """:func:`jmattersim.energy.predict` (or energies only, without ``derivatives``),
+    compiled once per config, budget and dtype."""
+    _TRACES.append((config, tuple(batch.graph.n_node.shape), batch.graph.senders.shape,
+                    batch.triplets.shape, derivatives))
+    if derivatives:
+        return predict(config, params, batch, soft_normalize, within_cutoffs)
+    from .energy import batch_topology, energies
+
+    g = batch.graph
+    e = energies(config, params, g.nodes["atom_types"], g.nodes["positions"],
+                 g.globals["lattice"], g.n_node, batch_topology(batch),
+                 soft_normalize=soft_normalize, within_cutoffs=within_cutoffs)
+    return Predictions(e, None, None)
+
+
+def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], BatchBudget]]:
+    """Groups of one budget, ``devices`` at a time (one per device)."""
+    by_budget: dict[BatchBudget, list[list[int]]] = {}
+    for group, budget in groups:
+        by_budget.setdefault(budget, []).append(group)
+    return [(members[i:i + devices], budget) for budget, members in by_budget.items()
+            for i in range(0, len(members), devices)]
+
+
+def _collect(step, result, graphs, out, stacked: bool) -> None:
+    """Copies one call's per-structure results into ``out``."""
+    parts = sharding.unstack(result, len(step)) if stacked else [jax.device_get(result)]
+    for group, part in zip(step, parts, strict=True):
+        start = 0
+        for i, k in enumerate(group):
+            n = graphs[k].n_node
+            forces = None if part.forces is None else np.asarray(part.forces[start:start + n])
+            stress = None if part.stress is None else np.asarray(part.stress[i])
+            out[k] = Evaluation(float(part.energy[i]), forces, stress)
+            start += n
+
+
+def trace_count() -> int:
+    """How many times :func:`predict_batch` was traced in this process (once per
+    shape it compiled or read from the persistent cache)."""
+    return len(_TRACES)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[set]:
+    """Collects the (config, budget, dtype, derivatives) keys that :func:`run` uses
+    inside the block: the distinct shapes a workload needs compiled."""
+    used: set = set()
+    _RECORDERS.append(used)
+    try:
+        yield used
+    finally:
+        _RECORDERS.remove(used)
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_predict(config: M3GNetConfig, derivatives: bool, within_cutoffs: bool,
+                     soft_normalize: bool, mesh: jax.sharding.Mesh):
+    def fn(params, batch):
+        return predict_batch(config, params, batch, derivatives, within_cutoffs, soft_normalize)
+
+    return sharding.over_devices(fn, mesh)
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def run(model: Model, graphs: Sequence[StructureGraph], *, derivatives: bool = True,
+        dtype=None, ladder: Sequence[BatchBudget] = LADDER,
+        mesh: jax.sharding.Mesh | None = None, soft_normalize: bool = True
+        ) -> list[Evaluation]:
+    """Energies (and forces, stresses) of ``graphs``, in their order.
+
+    Calls run one at a time (on a CPU, overlapping calls slow each other down and
+    each holds its own working memory). With ``mesh`` (several devices), groups of
+    one budget run ``mesh.size`` at a time, one per device."""
+    dtype = np.dtype(dtype or default_dtype())
+    config = model.config
+    params = model.astype(dtype).params
+    within = any(g.skin > 0 for g in graphs)
+    groups = plan([counts_of(g) for g in graphs], ladder)
+    for _, budget in groups:
+        for used in _RECORDERS:
+            used.add((config, budget, dtype.name, derivatives, soft_normalize))
+    stacked_runs = mesh is not None and mesh.size > 1
+    if stacked_runs:
+        steps = _device_steps(groups, mesh.size)
+        run_step = _sharded_predict(config, derivatives, within, soft_normalize, mesh)
+    else:
+        steps = [([group], budget) for group, budget in groups]
+    out: list[Evaluation | None] = [None] * len(graphs)
+    for step, budget in steps:  # one call at a time: concurrent calls slow each other down
+        batches = [pad([graphs[k] for k in g], budget, config, dtype) for g in step]
+        if stacked_runs:
+            batches += [pad([], budget, config, dtype)] * (mesh.size - len(step))
+            result = run_step(params, sharding.place(sharding.stack(batches), mesh))
+        else:
+            result = predict_batch(config, params, batches[0], derivatives, within,
+                                   soft_normalize)
+        _collect(step, result, graphs, out, stacked_runs)
+    return out  # type: ignore[return-value]
