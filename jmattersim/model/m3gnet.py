@@ -223,8 +223,11 @@ class M3GNet(nn.Module):
             for block in blocks:
                 atom_attr, edge_attr = block(
                     atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length)
-        gated = FastGatedMLP if self.fast else GatedMLP
-        final = gated((c.units, c.units, 1), ("swish", "swish", None), name="final")
+        final_dims, final_acts = (c.units, c.units, 1), ("swish", "swish", None)
+        if self.fast:
+            final = FastGatedMLP(final_dims, final_acts, per_atom=True, name="final")
+        else:
+            final = GatedMLP(final_dims, final_acts, name="final")
         energies = final(atom_attr)[:, 0]
         return AtomScaling(c.num_species, self.soft_normalize, name="normalizer")(
             energies, x.atom_types)
