@@ -1,29 +1,38 @@
-"""jmattersim against upstream MatterSim (PyTorch), side by side, on this machine.
+"""jmattersim against upstream MatterSim (PyTorch), side by side, as users run them.
 
-    python benchmarks/run.py            # the full suite (tens of minutes on 2 cores)
-    python benchmarks/run.py --quick    # a few minutes: fewer frames, steps, configs
+    python benchmarks/run.py --quick            # about 20 minutes on 2 cores
+    python benchmarks/run.py                    # the full suite (1000-frame predict, 5M rows)
+    python benchmarks/run.py --seed 7 --only predict steady
 
-Workloads, each for the 1M and 5M layouts (seeded random weights in genuine
-checkpoints written by upstream's ``Potential.save``, converted by jmattersim):
+Every row uses a public entry point with its default arguments; frames are drawn
+at random from all three files of ``../shared/data`` with ``--seed``. Models are
+genuine-format checkpoints (upstream's M3Gnet with seeded random weights, saved by
+upstream's ``Potential.save``; converted by ``jmattersim-convert``).
 
-a. energy + forces + stress over the frames of ``mptrj-random-1k.xyz``, graph
-   building included: ``jmattersim.evaluate`` against upstream's
-   ``Potential.predict_properties`` on its ``build_dataloader``. Compile time apart.
-b. the seed fork's workload, batches of 16 MPtrj frames, graphs included:
-   energy and its gradient in atom types, positions and lattice; and the
-   gradient (same three) of a loss sum |F|^2 + sum |stress|^2. Upstream: its
-   ``M3Gnet`` driven by torch autograd on the same inputs.
-c. MD steps per second, Si supercells (216, 1000, 4096 atoms), velocity Verlet at
-   1 fs: ASE driving upstream's ``MatterSimCalculator``, against a jitted jmattersim
-   step on a fixed host-built topology (energy, forces, update), ASE driving
-   jmattersim's calculator, and ``jmattersim.md`` (jax-md) where importable.
-d. peak memory: resident-set high-water of a fresh process per workload, and
-   XLA's buffer assignment for the remat option (gradient of a force loss,
-   1000-atom cell, with and without ``jax.checkpoint`` per block).
+- predict: a fresh process of ``jmattersim predict`` against a fresh process of
+  upstream's batched script (``benchmarks/upstream_predict.py``: read,
+  ``build_dataloader``, ``predict_properties``, write); imports, model loading and
+  compilation included; the compile cache empty (cold) and filled (warm). Peak
+  memory: the resident high-water mark of each process (``wait4``).
+- steady: energy, forces and stress of the same frames, steady state (second
+  pass): ``evaluate``, ``forward_batch`` (batches of 16) and the ASE calculator
+  against upstream's ``predict_properties`` (its best batch size) and upstream's
+  ASE calculator. XLA's FLOP count gives the rate of the model work.
+- seed: the inverse-design workload through ``forward_batch`` under ``jit``/``grad``
+  as the README writes it (a host neighbour list, then ``jax.grad``), batches of
+  16: energy and its gradient in atom types, positions and lattice (b1), and the
+  gradient of a force-and-stress loss (b2); upstream: its model in torch autograd.
+- first pass: a fresh process running 40 different structures through the ASE
+  calculator (``benchmarks/calculator_pass.py``), cold and warm compile cache.
+- relax: a fresh process relaxing rattled frames, positions and cell (FIRE,
+  ``FrechetCellFilter``), ``jmattersim.relax`` against upstream's ``BatchRelaxer``
+  (``benchmarks/relax_batch.py``), same fmax and step limit, converged counts.
+- md: ASE's velocity Verlet driving each calculator, and a jitted jax-md step.
 
-Timings are interleaved (jmattersim, upstream, jmattersim, ...) and the best
-repetition is kept. Results: the markdown table on stdout and in
-``benchmarks/results.md``, raw numbers in ``results.json``, a plot in ``results.png``.
+Timings of in-process rows are interleaved (jmattersim, upstream, ...) and the
+best repetition kept; whole-process rows run once each. Output: the table on
+stdout and in ``results.md``, raw numbers in ``results.json``, ``results.png``.
+Run on a quiet machine: the load average is printed with the machine.
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,18 +54,19 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DATA = Path(os.environ.get("JMATTERSIM_SHARED", REPO.parent / "shared")) / "data" / \
-    "mptrj-random-1k.xyz"
+SHARED = Path(os.environ.get("JMATTERSIM_SHARED", REPO.parent / "shared"))
+FILES = ("mptrj-random-1k.xyz", "alexandria-random-1k.xyz", "mpf-TP.xyz")
 WORK = Path(tempfile.gettempdir()) / "jmattersim-bench"
 CONFIGS = {"1M": {"num_blocks": 3, "units": 128}, "5M": {"num_blocks": 4, "units": 256}}
-SEED_BATCH = 16
+BATCH = 16
 
 sys.path.insert(0, str(REPO / "tests"))  # upstream.py: genuine checkpoints
 sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore")
 
 
-# ----------------------------------------------------------------------------- setup
+# ------------------------------------------------------------------------------ setup
+
 
 def checkpoint(name: str) -> Path:
     """A genuine upstream checkpoint with seeded random weights (made once)."""
@@ -70,11 +79,21 @@ def checkpoint(name: str) -> Path:
     return path
 
 
+def model_dir(name: str) -> Path:
+    """The checkpoint converted by jmattersim-convert (made once)."""
+    out = WORK / f"model-{name}"
+    if not (out / "config.json").exists():
+        from convert_weights.cli import main
+
+        assert main([str(checkpoint(name)), str(out), "--overwrite"]) == 0
+    return out
+
+
 @functools.cache
 def jm_model(name: str):
-    from convert_weights.convert import convert_checkpoint
+    import jmattersim
 
-    return convert_checkpoint(checkpoint(name))
+    return jmattersim.load_model(model_dir(name))
 
 
 @functools.cache
@@ -85,32 +104,26 @@ def up_potential(name: str):
 
 
 @functools.cache
-def frames(count: int | None = None) -> list:
+def all_frames() -> tuple:
     import ase.io
 
-    atoms = ase.io.read(DATA, index=":")
-    return atoms if count is None else atoms[:count]
+    return tuple(a for f in FILES for a in ase.io.read(SHARED / "data" / f, index=":"))
 
 
-def si_supercell(n_atoms: int, seed: int = 0):
-    from ase.build import bulk
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    reps = round((n_atoms / 8) ** (1 / 3))
-    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(reps)
-    assert len(atoms) == n_atoms, len(atoms)
-    atoms.rattle(0.02, seed=seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
-    return atoms
+def draw(count: int, seed: int, max_atoms: int | None = None) -> list:
+    """``count`` frames drawn at random from the three files."""
+    pool = [a for a in all_frames() if max_atoms is None or len(a) <= max_atoms]
+    rng = np.random.default_rng(seed)
+    return [pool[i].copy() for i in rng.choice(len(pool), count, replace=False)]
 
 
-def best_of(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def write_frames(frames: list, name: str) -> Path:
+    import ase.io
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / name
+    ase.io.write(path, frames, format="extxyz")
+    return path
 
 
 def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -124,142 +137,172 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, fl
     return best
 
 
-# ------------------------------------------------------------------ matmul rate
-
-def matmul_rate() -> dict[str, float]:
-    """float32 GFLOP/s of this CPU on the model's matmul shapes (edges x units)."""
-    import jax
-    import jax.numpy as jnp
-
-    out = {}
-    for e, k, m in [(32768, 128, 128), (32768, 256, 256)]:
-        a = jnp.ones((e, k), jnp.float32)
-        b = jnp.ones((k, m), jnp.float32)
-        f = jax.jit(lambda a, b: a @ b)
-        jax.block_until_ready(f(a, b))
-        t = best_of(lambda f=f, a=a, b=b: jax.block_until_ready(f(a, b)), 10)
-        out[f"{e}x{k}x{m}"] = 2 * e * k * m / t / 1e9
-    return out
+def measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Runs ``cmd`` in a fresh process, through a wrapper process that reports its
+    wall time (``child_wall``, s), its resident high-water mark (``peak_mib``) and
+    the last JSON line the command printed."""
+    wrapper = [sys.executable, str(HERE / "run.py"), "--measure", "--", *cmd]
+    proc = subprocess.run(wrapper, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# ------------------------------------------------------------------- a. throughput
-
-def jm_capacity():
-    from jmattersim.evaluate import Capacity
-
-    # MPtrj averages ~10 triplets per edge: room for both fills the edge axis
-    return Capacity(nodes=1024, edges=32768, triplets=360448, graphs=33)
-
-
-def jm_throughput(name: str, atoms: list) -> dict:
-    import jax
-
-    from jmattersim.calculator import predict_jit
-    from jmattersim.evaluate import evaluate
-    from jmattersim.graph import batch_graphs, structure_graph
-
-    model = jm_model(name)
-    cap = jm_capacity()
-    g = [structure_graph(a, model.config) for a in atoms[:4]]
-    batch = batch_graphs(g, model.config, cap.nodes, cap.edges, cap.triplets, cap.graphs)
+def measure_child(cmd: list[str]) -> None:
+    """(--measure) Runs ``cmd``; prints its wall time, peak RSS and its JSON line."""
     t = time.perf_counter()
-    compiled = predict_jit.lower(model.config, model.params, batch).compile()
-    compile_s = time.perf_counter() - t
-    evaluate(model, atoms[:4], cap)  # fills jit's cache for this shape
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops_per_batch = float(cost.get("flops", float("nan")))
-    run = functools.partial(evaluate, model, atoms, cap)
-    from jmattersim.evaluate import pack
-
-    n_batches = len(list(pack([structure_graph(a, model.config) for a in atoms], cap)))
-    return {"run": run, "compile_s": compile_s, "flops": flops_per_batch * n_batches,
-            "batches": n_batches, "jax_version": jax.__version__}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
+    wall = time.perf_counter() - t
+    report = next((json.loads(line) for line in out.splitlines()[::-1]
+                   if line.startswith("{")), {})
+    print(json.dumps({**report, "child_wall": wall, "peak_mib": usage.ru_maxrss / 1024}))
+    sys.exit(os.waitstatus_to_exitcode(status))
 
 
-def up_throughput(name: str, atoms: list) -> Callable[[], object]:
-    from mattersim.datasets.utils.build import build_dataloader
+def jm_cli() -> str:
+    return str(Path(sys.executable).with_name("jmattersim"))
 
+
+# ---------------------------------------------------------------------- the workloads
+
+
+def predict_rows(name: str, n: int, seed: int, add) -> None:
+    src = write_frames(draw(n, seed), f"predict-{n}-{seed}.extxyz")
+    cache = Path(tempfile.mkdtemp(prefix="xla-", dir=WORK))
+    env = {"JMATTERSIM_COMPILE_CACHE": str(cache)}
+    jm_cmd = [jm_cli(), "predict", str(src), "--model", str(model_dir(name)), "--out",
+              str(WORK / "jm.extxyz"), "--quiet", "--restart"]
+    up_cmd = [sys.executable, str(HERE / "upstream_predict.py"), str(src),
+              str(checkpoint(name)), str(WORK / "up.extxyz")]
+    cold = measured(jm_cmd, env)
+    warm = measured(jm_cmd, env)
+    up = measured(up_cmd)
+    for label, jm in (("cold", cold), ("warm", warm)):
+        add("predict, whole process", name, "s", jm["child_wall"], up["child_wall"],
+            f"{n} frames; compile cache {label}", lower_is_better=True, jm_impl=label)
+    add("predict, peak memory", name, "MiB", warm["peak_mib"], up["peak_mib"],
+        f"{n} frames; resident high-water mark", lower_is_better=True)
+
+
+def steady_rows(name: str, n: int, seed: int, reps: int, add, info: dict) -> None:
+    import jax
+
+    import jmattersim
+    from jmattersim import engine
+    from jmattersim.graph import structure_graph
+
+    frames = draw(n, seed + 1)
+    model = jm_model(name)
     pot = up_potential(name)
+    from mattersim.datasets.utils.build import build_dataloader
+    from mattersim.forcefield.potential import MatterSimCalculator
 
-    def run():
-        loader = build_dataloader(atoms, model_type="m3gnet", cutoff=5.0, threebody_cutoff=4.0,
-                                  batch_size=SEED_BATCH, only_inference=True)
-        return pot.predict_properties(loader, include_forces=True, include_stresses=True)
+    def up_batched(batch_size):
+        def run():
+            loader = build_dataloader(frames, model_type="m3gnet", batch_size=batch_size,
+                                      only_inference=True)
+            return pot.predict_properties(loader, include_forces=True, include_stresses=True)
+        return run
 
-    return run
+    up_calc = MatterSimCalculator(pot, device="cpu")
+    jm_calc = jmattersim.MatterSimCalculator(model)
 
+    def through(calc):
+        def run():
+            for a in frames:
+                a = a.copy()
+                a.calc = calc
+                a.get_potential_energy(), a.get_forces(), a.get_stress()
+        return run
 
-# ----------------------------------------------------------- b. the seed's workload
-
-def jm_seed(name: str, atoms: list, loss: bool) -> tuple[Callable[[], object], float]:
-    """Energy + gradients (or the gradient of a force-and-stress loss) in atom
-    types, positions and lattice, batches of 16 frames; graphs built each run."""
-    import jax
-    import jax.numpy as jnp
-    import jraph
-
-    from jmattersim.energy import batch_topology, energies
-    from jmattersim.graph import batch_graphs, bucket, structure_graph
-
-    model = jm_model(name)
-    config, params = model.config, model.params
-    chunks = [atoms[i:i + SEED_BATCH] for i in range(0, len(atoms), SEED_BATCH)]
-    graphs = [structure_graph(a, config) for a in atoms]
-    sizes = [[graphs[i + k] for k in range(len(c))]
-             for i, c in zip(range(0, len(atoms), SEED_BATCH), chunks, strict=True)]
-    shape = (bucket(max(sum(g.n_node for g in s) for s in sizes)),
-             bucket(max(sum(g.n_edge for g in s) for s in sizes)),
-             bucket(max(sum(g.n_triplet for g in s) for s in sizes)), SEED_BATCH + 1)
-
-    def fn(batch):
-        g = batch.graph
-        topo = batch_topology(batch)
-        real = jraph.get_graph_padding_mask(g)
-
-        def total(at, pos, lat):
-            e = energies(config, params, at, pos, lat, g.n_node, topo)
-            return jnp.sum(jnp.where(real, e, 0.0)), e
-
-        if not loss:
-            (_, e), grads = jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True)(
-                g.nodes["atom_types"], g.nodes["positions"], g.globals["lattice"])
-            return e, grads
-
-        def force_stress_loss(at, pos, lat):
-            def of_strain(p, eps):
-                e = energies(config, params, at, p, lat, g.n_node, topo, eps)
-                return jnp.sum(jnp.where(real, e, 0.0))
-
-            de_dr, de_deps = jax.grad(of_strain, argnums=(0, 1))(pos, jnp.zeros_like(lat))
-            volume = jnp.abs(jnp.linalg.det(lat))
-            stress = de_deps / volume[:, None, None]
-            return jnp.sum(de_dr**2) + jnp.sum(jnp.where(real[:, None, None], stress, 0.0) ** 2)
-
-        return jax.grad(force_stress_loss, argnums=(0, 1, 2))(
-            g.nodes["atom_types"], g.nodes["positions"], g.globals["lattice"])
-
-    jitted = jax.jit(fn)
-
-    def batches():
-        for c in chunks:
-            yield batch_graphs([structure_graph(a, config) for a in c], config, *shape)
-
-    first = next(batches())
-    t = time.perf_counter()
-    jax.block_until_ready(jitted(first))
-    compile_s = time.perf_counter() - t
-
-    def run():
-        out = None
-        for b in batches():
-            out = jitted(b)
+    def jm_forward_batch():
+        for k in range(0, n, BATCH):
+            out = jmattersim.forward_batch(model, frames[k:k + BATCH], include_forces=True,
+                                           include_stresses=True)
         return jax.block_until_ready(out)
 
-    return run, compile_s
+    fns = {"evaluate": lambda: jmattersim.evaluate(model, frames),
+           "forward_batch": jm_forward_batch, "calculator": through(jm_calc),
+           "up16": up_batched(16), "up32": up_batched(32), "up64": up_batched(64),
+           "up_calc": through(up_calc)}
+    for fn in fns.values():  # first pass: compilation, upstream's lazy set-up
+        fn()
+    t = interleaved(fns, reps)
+    best_up = min(("up16", "up32", "up64"), key=t.get)
+    for impl in ("evaluate", "forward_batch", "calculator"):
+        add("E+F+S steady state", name, "frames/s", n / t[impl], n / t[best_up],
+            f"{n} frames; upstream predict_properties, batch {best_up[2:]} (its best of "
+            "16/32/64)", jm_impl=impl)
+    add("E+F+S steady state", name, "frames/s", n / t["calculator"], n / t["up_calc"],
+        f"{n} frames; both ASE calculators, one structure at a time",
+        jm_impl="calculator vs upstream calculator")
+    # the model work's FLOP rate: XLA's count for each batch evaluate ran
+    graphs = [structure_graph(a, model.config) for a in frames]
+    groups = engine.plan([engine.counts_of(g) for g in graphs])
+    flops = padded = real = 0.0
+    params = model.astype(np.float32).params
+    for group, budget in groups:
+        batch = engine.pad([graphs[k] for k in group], budget, model.config, np.float32)
+        cost = engine.predict_batch.lower(model.config, params, batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops += float(cost["flops"])
+        padded += budget.edges
+        real += sum(graphs[k].n_edge for k in group)
+    t_model = interleaved({"run": lambda: engine.run(model, graphs)}, reps)["run"]
+    info[f"flops_{name}"] = {"xla_flops": flops, "seconds": t_model, "edge_fill": real / padded,
+                             "gflops": flops / t_model / 1e9}
 
 
-def up_seed(name: str, atoms: list, loss: bool) -> Callable[[], object]:
+def seed_rows(name: str, n: int, seed: int, add) -> None:
+    """b1/b2 through forward_batch under jit, as the README writes it."""
+    import jax
+    import jax.numpy as jnp
+
+    import jmattersim
+
+    model = jm_model(name)
+    frames = draw(n, seed + 4, max_atoms=64)
+    chunks = [frames[k:k + BATCH] for k in range(0, n, BATCH)]
+
+    def jm(loss: bool):
+        @functools.partial(jax.jit, static_argnums=(3,))
+        def step(at, pos, lat, sizes, nbrs):
+            def energy(at, pos, lat):
+                out = jmattersim.forward_batch(model, atom_types=at, positions=pos, lattice=lat,
+                                               sizes=sizes, neighbors=nbrs,
+                                               include_forces=loss, include_stresses=loss)
+                if not loss:
+                    return out["total_energy"].sum()
+                return jnp.sum(out["forces"] ** 2) + jnp.sum(out["stresses"] ** 2)
+            return jax.grad(energy, argnums=(0, 1, 2))(at, pos, lat)
+
+        def run():
+            for chunk in chunks:
+                at, pos, lat, sizes, _ = jmattersim.batch.atoms_arrays(chunk, model.config)
+                nbrs = jmattersim.neighbor_list(model, chunk)  # host, outside jit
+                grads = step(jnp.asarray(at, jnp.float32), jnp.asarray(pos, jnp.float32),
+                             jnp.asarray(lat, jnp.float32), tuple(int(s) for s in sizes), nbrs)
+            return jax.block_until_ready(grads)
+        return run
+
+    for loss, label in ((False, "b1. E + grad(types, pos, lattice)"),
+                        (True, "b2. grad of force+stress loss")):
+        fns = {"jm": jm(loss), "up": up_seed(name, chunks, loss)}
+        t0 = time.perf_counter()
+        fns["jm"]()
+        compile_s = time.perf_counter() - t0
+        fns["up"]()
+        t = interleaved(fns, 1 if loss else 2)
+        add(label, name, "frames/s", n / t["jm"], n / t["up"],
+            f"{n} frames (at most 64 atoms), batches of {BATCH}; first pass {compile_s:.0f} s")
+
+
+def up_seed(name: str, chunks: list, loss: bool) -> Callable[[], object]:
+    """Upstream's model on the same batches in torch autograd; the graph of each
+    batch built for it (as jmattersim's neighbour list is)."""
     import torch
     from mattersim.forcefield.potential import batch_to_dict
     from torch_geometric.data import Batch
@@ -268,7 +311,6 @@ def up_seed(name: str, atoms: list, loss: bool) -> Callable[[], object]:
 
     model = up_potential(name).model
     args = model.model_args
-    chunks = [atoms[i:i + SEED_BATCH] for i in range(0, len(atoms), SEED_BATCH)]
 
     def one(chunk):
         data = [upstream.graph_data(a, args)[0] for a in chunk]
@@ -288,95 +330,92 @@ def up_seed(name: str, atoms: list, loss: bool) -> Callable[[], object]:
             pos_s = torch.einsum("ni,nij->nj", pos, deform[inp["batch"]])
             energy = model(dict(inp, atom_pos=pos_s, cell=cell @ deform))
             de_dr, de_deps = torch.autograd.grad(energy.sum(), [pos, strain], create_graph=True)
-            stress = de_deps / torch.abs(torch.linalg.det(cell))[:, None, None]
+            stress = de_deps / torch.abs(torch.linalg.det(cell))[:, None, None] * 160.21766
             value = (de_dr**2).sum() + (stress**2).sum()
             return torch.autograd.grad(value, [atom_types, pos, cell])
         finally:
             del model.one_hot_atoms
 
-    def run():
-        for c in chunks:
-            one(c)
-
-    return run
+    return lambda: [one(c) for c in chunks]
 
 
-# ------------------------------------------------------------------------ c. MD
+def first_pass_rows(name: str, n: int, seed: int, add) -> None:
+    src = write_frames(draw(n, seed + 2), f"first-pass-{n}-{seed}.extxyz")
+    cache = Path(tempfile.mkdtemp(prefix="xla-", dir=WORK))
+    script = str(HERE / "calculator_pass.py")
+    jm_cmd = [sys.executable, script, "jm", str(src), str(model_dir(name))]
+    env = {"JMATTERSIM_COMPILE_CACHE": str(cache)}
+    cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
+    up = measured([sys.executable, script, "up", str(src), str(checkpoint(name))])
+    for label, jm in (("cold", cold), ("warm", warm)):
+        add("calculator first pass, whole process", name, "s", jm["child_wall"],
+            up["child_wall"], f"{n} different structures; compile cache {label}; first pass "
+            f"alone {jm['first_pass']:.1f} s vs {up['first_pass']:.1f} s",
+            lower_is_better=True, jm_impl=label)
 
-def jm_md_step(name: str, atoms, steps: int) -> tuple[Callable[[], object], float]:
-    """Velocity Verlet on a fixed host-built topology: one jitted call per step."""
-    import jax
-    import jax.numpy as jnp
+
+def relax_rows(name: str, n: int, seed: int, fmax: float, steps: int, add) -> None:
+    frames = draw(n, seed + 3, max_atoms=24)
+    for k, a in enumerate(frames):
+        a.rattle(0.05, seed=k)
+    src = write_frames(frames, f"relax-{n}-{seed}.extxyz")
+    cache = Path(tempfile.mkdtemp(prefix="xla-", dir=WORK))
+    script = str(HERE / "relax_batch.py")
+    extra = ["--fmax", str(fmax), "--steps", str(steps)]
+    jm_cmd = [sys.executable, script, "jm", str(src), str(model_dir(name)), *extra]
+    env = {"JMATTERSIM_COMPILE_CACHE": str(cache)}
+    cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
+    up = measured([sys.executable, script, "up", str(src), str(checkpoint(name)), *extra])
+    for label, jm in (("cold", cold), ("warm", warm)):
+        add("relax, whole process", name, "s", jm["child_wall"], up["child_wall"],
+            f"{n} rattled frames (<= 24 atoms), positions + cell, fmax {fmax}, <= {steps} "
+            f"steps; compile cache {label}; converged {jm['converged']} vs {up['converged']}; "
+            f"mean steps {jm['mean_steps']:.0f} vs {up['mean_steps']:.0f}",
+            lower_is_better=True, jm_impl=label)
+
+
+def md_rows(name: str, sizes: list[int], steps: int, add) -> None:
     from ase import units
-
-    from jmattersim.energy import batch_topology, energies
-    from jmattersim.graph import batch_graphs, structure_graph
-
-    model = jm_model(name)
-    config, params = model.config, model.params
-    batch = jax.tree_util.tree_map(jnp.asarray,
-                                   batch_graphs([structure_graph(atoms, config)], config))
-    g = batch.graph
-    topo = batch_topology(batch)
-    n = len(atoms)
-    mass = jnp.asarray(np.concatenate([atoms.get_masses(), np.ones(g.n_node.sum() - n)]),
-                       jnp.float32)[:, None]
-    dt = 1.0 * units.fs
-
-    def energy(pos):
-        return energies(config, params, g.nodes["atom_types"], pos, g.globals["lattice"],
-                        g.n_node, topo)[0]
-
-    def forces(pos):
-        return -jax.grad(energy)(pos)
-
-    @jax.jit
-    def step(pos, mom, f):
-        mom = mom + 0.5 * dt * f
-        pos = pos + dt * mom / mass
-        f = forces(pos)
-        mom = mom + 0.5 * dt * f
-        return pos, mom, f
-
-    pos = jnp.asarray(g.nodes["positions"])
-    mom = jnp.zeros_like(pos).at[:n].set(atoms.get_momenta())
-    t = time.perf_counter()
-    f0 = jax.jit(forces)(pos)
-    state = jax.block_until_ready(step(pos, mom, f0))
-    compile_s = time.perf_counter() - t
-
-    def run():
-        p, m, f = state
-        for _ in range(steps):
-            p, m, f = step(p, m, f)
-        return jax.block_until_ready(p)
-
-    return run, compile_s
-
-
-def ase_md(calc, atoms, steps: int) -> Callable[[], object]:
-    from ase import units
+    from ase.build import bulk
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
+    from mattersim.forcefield.potential import MatterSimCalculator
 
-    atoms = atoms.copy()
-    atoms.calc = calc
-    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
-    dyn.run(1)  # warm-up: first call (jmattersim: compile)
-    return lambda: dyn.run(steps)
+    import jmattersim
+
+    for size in sizes:
+        reps = round((size / 8) ** (1 / 3))
+        atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(reps)
+        atoms.rattle(0.02, seed=0)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+
+        def ase_md(calc, atoms=atoms):
+            a = atoms.copy()
+            a.calc = calc
+            dyn = VelocityVerlet(a, 1.0 * units.fs)
+            dyn.run(1)
+            return lambda: dyn.run(steps)
+
+        fns = {"jm": ase_md(jmattersim.MatterSimCalculator(jm_model(name))),
+               "up": ase_md(MatterSimCalculator(up_potential(name), device="cpu"))}
+        t = interleaved(fns, 2)
+        add("MD steps/s, ASE velocity Verlet", f"{name}, Si {size}", "steps/s", steps / t["jm"],
+            steps / t["up"], "both ASE calculators", jm_impl="calculator")
+        run = jax_md_steps(name, atoms, steps)
+        add("MD steps/s", f"{name}, Si {size}", "steps/s", steps / min(run() for _ in range(2)),
+            steps / t["up"], "jitted jax-md NVE step, list updated every step, against upstream "
+            "through ASE", jm_impl="jax-md")
 
 
-def jm_md_jaxmd(name: str, atoms, steps: int) -> tuple[Callable[[], object], float]:
-    """jax-md: ``simulate.nve`` on ``mattersim_neighbor_list`` (the list updated every
-    step, skin 0.25 Å as ``jmattersim.md``), one jitted call per step."""
+def jax_md_steps(name: str, atoms, steps: int) -> Callable[[], float]:
     import jax
     from ase import units
     from jax_md import simulate, space
 
     from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list
 
-    model = jm_model(name)
     R, box, species = atoms_to_jax_md(atoms)
-    neighbor_fn, energy_fn = mattersim_neighbor_list(model, box, species, dr_threshold=0.25)
+    neighbor_fn, energy_fn = mattersim_neighbor_list(jm_model(name), box, species)
     _, shift = space.periodic_general(box, fractional_coordinates=True)
     init, apply = simulate.nve(energy_fn, shift, 1.0 * units.fs)
     nbrs = neighbor_fn.allocate(R)
@@ -388,136 +427,51 @@ def jm_md_jaxmd(name: str, atoms, steps: int) -> tuple[Callable[[], object], flo
         state = apply(state, neighbor=nbrs)
         return state, nbrs.update(state.position)
 
-    t = time.perf_counter()
     start = jax.block_until_ready(step(state, nbrs))
-    compile_s = time.perf_counter() - t
 
-    def run():
+    def run() -> float:
         s, nb = start
+        t = time.perf_counter()
         for _ in range(steps):
             s, nb = step(s, nb)
+        jax.block_until_ready(s)
         assert not bool(nb.did_buffer_overflow)
-        return jax.block_until_ready(s)
+        return time.perf_counter() - t
 
-    return run, compile_s
-
-
-# ----------------------------------------------------------------- d. memory
-
-def peak_rss_child(workload: str, impl: str, name: str, quick: bool) -> float | None:
-    """Peak resident set (MiB) of a fresh process running one workload once."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, impl, name]
-    if quick:
-        cmd.append("--quick")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    for line in res.stdout.splitlines()[::-1]:
-        if line.startswith("{"):
-            return json.loads(line)["peak_mib"]
-    print(f"  memory child {workload}/{impl}/{name} failed:\n{res.stderr[-2000:]}",
-          file=sys.stderr)
-    return None
+    return run
 
 
-def child(workload: str, impl: str, name: str, quick: bool) -> None:
-    """Runs one workload once in this (fresh) process; prints its peak RSS."""
-    sizes = plan(quick)
-    if workload == "a":
-        atoms = frames(sizes["mem_frames"])
-        run = (jm_throughput(name, atoms)["run"] if impl == "jm" else up_throughput(name, atoms))
-    elif workload in ("b1", "b2"):
-        atoms = frames(SEED_BATCH)
-        run = (jm_seed(name, atoms, workload == "b2")[0] if impl == "jm"
-               else up_seed(name, atoms, workload == "b2"))
-    elif workload == "c":
-        atoms = si_supercell(1000)
-        if impl == "jm":
-            run = jm_md_step(name, atoms, 2)[0]
-        else:
-            from mattersim.forcefield.potential import MatterSimCalculator
-
-            run = ase_md(MatterSimCalculator(up_potential(name), device="cpu"), atoms, 2)
-    else:
-        raise ValueError(workload)
-    run()
-    print(json.dumps({"peak_mib": peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-    """This process's resident-set high-water mark (VmHWM; ``ru_maxrss`` would
-    carry over the parent's through fork and exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def remat_memory(name: str, n_atoms: int = 1000) -> dict:
-    """XLA's buffers (MiB: temporaries + arguments + outputs) with and without
-    remat on a Si cell, for the forces pass (-dE/dr) and for the gradient of a
-    force loss sum |F|^2 in positions and weights; times and the largest
-    relative difference of the results."""
+def matmul_rate() -> dict[str, float]:
+    """float32 GFLOP/s of this CPU on the model's matmul shapes (edges x units)."""
     import jax
     import jax.numpy as jnp
 
-    from jmattersim.energy import batch_topology, energies
-    from jmattersim.graph import batch_graphs, structure_graph
-
-    model = jm_model(name)
-    config, params = model.config, model.params
-    atoms = si_supercell(n_atoms)
-    batch = jax.tree_util.tree_map(jnp.asarray,
-                                   batch_graphs([structure_graph(atoms, config)], config))
-    g = batch.graph
-    topo = batch_topology(batch)
-    pos = g.nodes["positions"]
-
-    def energy(p, w, remat):
-        return energies(config, w, g.nodes["atom_types"], p, g.globals["lattice"], g.n_node,
-                        topo, remat=remat)[0]
-
-    def forces(p, w, remat):
-        return -jax.grad(energy)(p, w, remat)
-
-    def force_loss_grad(p, w, remat):
-        return jax.grad(lambda p, w: jnp.sum(forces(p, w, remat) ** 2), argnums=(0, 1))(p, w)
-
-    out = {"edges": int(g.n_edge[0])}
-    for label, fn in (("forces", forces), ("force_loss_grad", force_loss_grad)):
-        results = {}
-        for remat in (False, True):
-            compiled = jax.jit(functools.partial(fn, remat=remat)).lower(pos, params).compile()
-            mem = compiled.memory_analysis()
-            key = f"{label}_{'remat' if remat else 'plain'}"
-            out[key] = (mem.temp_size_in_bytes + mem.output_size_in_bytes
-                        + mem.argument_size_in_bytes) / 2**20
-            results[remat] = jax.tree_util.tree_leaves(compiled(pos, params))
-            out[f"time_{key}"] = best_of(
-                lambda c=compiled: jax.block_until_ready(c(pos, params)), 2)
-        scale = max(float(jnp.abs(a).max()) for a in results[False])
-        out[f"{label}_max_rel_diff"] = max(
-            float(jnp.abs(a - b).max()) for a, b in zip(results[False], results[True],
-                                                        strict=True)) / max(scale, 1.0)
+    out = {}
+    for e, k, m in [(12288, 128, 128), (12288, 256, 256)]:
+        a = jnp.ones((e, k), jnp.float32)
+        b = jnp.ones((k, m), jnp.float32)
+        f = jax.jit(lambda a, b: a @ b)
+        jax.block_until_ready(f(a, b))
+        t = interleaved({"mm": lambda f=f, a=a, b=b: jax.block_until_ready(f(a, b))}, 20)["mm"]
+        out[f"{e}x{k}x{m}"] = 2 * e * k * m / t / 1e9
     return out
 
 
 # -------------------------------------------------------------------------- driver
 
+
 def plan(quick: bool) -> dict:
     return {
-        "configs": ["1M", "5M"],
-        "frames": 96 if quick else None,  # None: all 1000
-        "mem_frames": 64,
-        "seed_frames": 32 if quick else 64,  # b1
-        "seed_loss_frames": {"1M": 16, "5M": 16} if quick else {"1M": 32, "5M": 16},  # b2
-        "md_sizes": [216, 1000] if quick else [216, 1000, 4096],
-        "md_steps": {216: 5, 1000: 3, 4096: 2} if quick else {216: 10, 1000: 5, 4096: 2},
-        "md_configs": ["1M"] if quick else ["1M", "5M"],
-        "md_max_atoms_5M": 1000,
-        "jaxmd_max_atoms": 1000,
-        "reps": 2,
+        "configs": ["1M"] if quick else ["1M", "5M"],
+        "predict_frames": 300 if quick else 1000,
+        "steady_frames": 96 if quick else 200,
+        "seed_frames": 32 if quick else 64,
+        "first_pass": 40,
+        "relax_frames": 16 if quick else 32,
+        "relax_fmax": 0.002, "relax_steps": 500,
+        "md_sizes": [216] if quick else [216, 1000],
+        "md_steps": 3 if quick else 5,
+        "reps": 1 if quick else 2,
     }
 
 
@@ -543,116 +497,59 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer frames, steps and sizes")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
-    parser.add_argument("--only", nargs="*", default=None, help="workloads: a b c d")
-    parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "IMPL", "CONFIG"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(*args.child, args.quick)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--measure", "--"]:
+        measure_child(argv[2:])
         return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames, 1M only")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the frame draws")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="workloads: predict steady seed first_pass relax md")
+    args = parser.parse_args(argv)
     p = plan(args.quick)
-    only = set(args.only or "abcd")
+    only = set(args.only or ["predict", "steady", "seed", "first_pass", "relax", "md"])
     rows: list[dict] = []
     previous = HERE / "results.json"
     if args.only and previous.exists():  # a partial rerun replaces its own rows only
         rows = json.loads(previous.read_text())["rows"]
-    info = {"machine": machine(), "quick": args.quick}
+    import jmattersim  # noqa: F401 - its process settings, before JAX runs
+
+    info = {"machine": machine(), "quick": args.quick, "seed": args.seed}
     print(f"machine: {info['machine']}", flush=True)
     info["matmul_gflops"] = matmul_rate()
     print(f"float32 matmul GFLOP/s: {info['matmul_gflops']}", flush=True)
 
-    def add(workload, config, unit, jm, up, note="", higher_is_better=True, jm_impl=""):
-        ratio = jm / up if up else float("nan")
+    def add(workload, config, unit, jm, up, note="", lower_is_better=False, jm_impl=""):
+        ratio = (up / jm) if lower_is_better else (jm / up)
         rows[:] = [r for r in rows if (r["workload"], r["config"], r["jm_impl"])
                    != (workload, config, jm_impl)]
         rows.append({"workload": workload, "config": config, "unit": unit, "jmattersim": jm,
-                     "upstream": up, "ratio": ratio, "note": note,
-                     "higher_is_better": higher_is_better, "jm_impl": jm_impl})
+                     "upstream": up, "ratio": ratio, "note": note, "jm_impl": jm_impl,
+                     "lower_is_better": lower_is_better})
         print(f"  {workload} [{config}] {jm_impl}: jmattersim {jm:.3g} {unit}, upstream "
-              f"{up:.3g} {unit}, ratio {ratio:.2f} {note}", flush=True)
+              f"{up:.3g} {unit}, advantage {ratio:.2f}x  {note}", flush=True)
         write(rows, info, quiet=True)  # partial results survive an interrupted run
 
     for name in p["configs"]:
-        if "a" in only:
-            atoms = frames(p["frames"])
-            jm = jm_throughput(name, atoms)
-            up = up_throughput(name, atoms)
-            t = interleaved({"jm": jm["run"], "up": up}, p["reps"])
-            n = len(atoms)
-            achieved = jm["flops"] / t["jm"] / 1e9
-            add("a. E+F+S throughput", name, "frames/s", n / t["jm"], n / t["up"],
-                f"{n} frames; compile {jm['compile_s']:.1f} s apart; "
-                f"{achieved:.1f} GFLOP/s achieved (XLA count, padding included)")
-            info[f"a_{name}"] = {"compile_s": jm["compile_s"], "achieved_gflops": achieved,
-                                 "batches": jm["batches"], "flops": jm["flops"]}
-        if "b" in only:
-            for loss, label in ((False, "b1. seed: E + grad(types, pos, lattice)"),
-                                (True, "b2. seed: grad of force+stress loss")):
-                atoms = frames(p["seed_loss_frames"][name] if loss else p["seed_frames"])
-                run, compile_s = jm_seed(name, atoms, loss)
-                t = interleaved({"jm": run, "up": up_seed(name, atoms, loss)},
-                                1 if loss else p["reps"])
-                n = len(atoms)
-                add(label, name, "frames/s", n / t["jm"], n / t["up"],
-                    f"{n} frames, batches of {SEED_BATCH}; compile {compile_s:.1f} s apart")
-    if "c" in only:
-        from mattersim.forcefield.potential import MatterSimCalculator
-
-        from jmattersim.calculator import MatterSimCalculator as JmCalculator
-
-        for name in p["md_configs"]:
-            for size in p["md_sizes"]:
-                if name != "1M" and size > p["md_max_atoms_5M"]:
-                    continue
-                atoms = si_supercell(size)
-                steps = p["md_steps"][size]
-                up_calc = MatterSimCalculator(up_potential(name), device="cpu")
-                jit_run, compile_s = jm_md_step(name, atoms, steps)
-                fns = {"jm": jit_run, "up": ase_md(up_calc, atoms, steps)}
-                if size <= 1000:
-                    fns["jm_ase"] = ase_md(JmCalculator(jm_model(name)), atoms, steps)
-                t = interleaved(fns, p["reps"] if size < 4096 else 1)
-                add("c. MD steps/s", f"{name}, {size} atoms", "steps/s", steps / t["jm"],
-                    steps / t["up"], f"compile {compile_s:.1f} s apart; fixed topology",
-                    jm_impl="jit step")
-                if "jm_ase" in t:
-                    add("c. MD steps/s", f"{name}, {size} atoms", "steps/s",
-                        steps / t["jm_ase"], steps / t["up"], "graph rebuilt every step",
-                        jm_impl="ASE + jm calculator")
-                if name == "1M" and size <= p["jaxmd_max_atoms"]:
-                    run3, compile3 = jm_md_jaxmd(name, atoms, steps)
-                    t3 = best_of(run3, p["reps"])
-                    add("c. MD steps/s", f"{name}, {size} atoms", "steps/s", steps / t3,
-                        steps / t["up"], f"compile {compile3:.1f} s apart; neighbour list "
-                        "updated every step", jm_impl="jax-md step")
-    if "d" in only:
-        rm = remat_memory("1M")
-        info["remat"] = rm
-        for label, title in (("forces", "forces pass"),
-                             ("force_loss_grad", "grad of force loss (pos, weights)")):
-            add(f"d. remat: {title}, Si 1000", "1M", "MiB (XLA buffers)",
-                rm[f"{label}_remat"], rm[f"{label}_plain"],
-                f"ratio remat / plain; time {rm[f'time_{label}_remat']:.2f} s vs "
-                f"{rm[f'time_{label}_plain']:.2f} s; max rel. diff "
-                f"{rm[f'{label}_max_rel_diff']:.1e}",
-                higher_is_better=False, jm_impl="remat vs plain")
-        if not args.no_memory:
-            jobs = [("a", n) for n in p["configs"]] + [("b1", "1M"), ("b2", "1M"), ("c", "1M")]
-            for workload, name in jobs:
-                jm = peak_rss_child(workload, "jm", name, args.quick)
-                up = peak_rss_child(workload, "up", name, args.quick)
-                if jm and up:
-                    add(f"d. peak RSS, workload {workload}", name, "MiB", jm, up,
-                        "fresh process, one run", higher_is_better=False)
+        if "predict" in only:
+            predict_rows(name, p["predict_frames"], args.seed, add)
+        if "steady" in only:
+            steady_rows(name, p["steady_frames"], args.seed, p["reps"], add, info)
+        if "seed" in only:
+            seed_rows(name, p["seed_frames"], args.seed, add)
+    if "first_pass" in only:
+        first_pass_rows("1M", p["first_pass"], args.seed, add)
+    if "relax" in only:
+        relax_rows("1M", p["relax_frames"], args.seed, p["relax_fmax"], p["relax_steps"], add)
+    if "md" in only:
+        md_rows("1M", p["md_sizes"], p["md_steps"], add)
     write(rows, info)
     return 0
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| workload | config | jmattersim | upstream | jmattersim / upstream | notes |",
+    lines = ["| workload | config | jmattersim | upstream | advantage | notes |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         jm = f"{r['jmattersim']:.3g} {r['unit']}"
@@ -665,12 +562,17 @@ def table(rows: list[dict]) -> str:
 
 def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
     mode = "--quick" if info["quick"] else "full"
-    md = [f"`python benchmarks/run.py` ({mode} run). Machine: {info['machine']}.", "",
+    flops = [f"{k.removeprefix('flops_')}: {v['gflops']:.0f} GFLOP/s by XLA's count "
+             f"({v['edge_fill']:.0%} of the padded edge slots real)"
+             for k, v in info.items() if k.startswith("flops_")]
+    md = [f"`python benchmarks/run.py` ({mode} run, seed {info['seed']}). Machine: "
+          f"{info['machine']}.", "",
           "float32 matmul (jax, jit): "
           + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in info["matmul_gflops"].items()),
+          "" if not flops else "Model work of the steady-state batches: " + "; ".join(flops),
           "", table(rows), "",
-          "Speed rows: ratio > 1 means jmattersim is faster. Memory rows: ratio < 1 means "
-          "jmattersim (or remat) uses less.", ""]
+          "Advantage: jmattersim's speed over upstream's (time: upstream / jmattersim; rate: "
+          "jmattersim / upstream); > 1 means jmattersim is faster or uses less memory.", ""]
     text = "\n".join(md)
     if not quiet:
         print("\n" + text)
@@ -689,22 +591,20 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
-    speed = [r for r in rows if r["higher_is_better"]]
-    memory = [r for r in rows if not r["higher_is_better"]]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * max(len(speed), len(memory), 4) + 1.5),
-                             gridspec_kw={"width_ratios": [3, 2]})
-    for ax, group, title in ((axes[0], speed, "speed, jmattersim / upstream (>1: faster)"),
-                             (axes[1], memory, "memory, jmattersim / upstream (<1: less)")):
-        labels = [f"{r['workload']} [{r['config']}]" + (f" {r['jm_impl']}" if r["jm_impl"]
-                                                          else "") for r in group]
-        ax.barh(range(len(group)), [r["ratio"] for r in group], color="tab:blue")
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_yticks(range(len(group)), labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_title(title, fontsize=9)
+    fig, ax = plt.subplots(figsize=(9, 0.38 * max(len(rows), 4) + 1.2))
+    labels = [f"{r['workload']} [{r['config']}]" + (f" {r['jm_impl']}" if r["jm_impl"] else "")
+              for r in rows]
+    colors = ["tab:blue" if r["ratio"] >= 1 else "tab:red" for r in rows]
+    ax.barh(range(len(rows)), [r["ratio"] for r in rows], color=colors)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_title("jmattersim's advantage over upstream MatterSim (> 1: faster / less memory)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -164,13 +164,14 @@ def neighbor_list(
                        skin=skin) for g in range(len(sizes))]
     total = total_counts(graphs)
     budget = engine.smallest_rung(total)
-    batch = pad(graphs, budget, config, np.float64)
+    dtype = engine.default_dtype()
+    batch = pad(graphs, budget, config, dtype)
     g = batch.graph
     return NeighborList(
         senders=g.senders, receivers=g.receivers, shifts=g.edges["shifts"],
         edge_mask=np.arange(budget.edges) < total.edges, triplets=batch.triplets,
         triplet_mask=batch.triplet_mask, reference_positions=g.nodes["positions"],
-        reference_lattice=g.globals["lattice"], skin=np.asarray(skin, np.float64))
+        reference_lattice=g.globals["lattice"], skin=np.asarray(skin, dtype))
 
 
 def neighbors_stale(nbrs: NeighborList, positions: Array, lattice: Array) -> Array:

@@ -11,10 +11,9 @@ from ase.units import GPa
 from . import engine
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
-from .graph import structure_graph
 from .io import load_model
 from .published import DEFAULT
-from .validate import check_atoms, structure_label
+from .validate import checked_graph, structure_label
 
 
 class MatterSimCalculator(Calculator):
@@ -26,8 +25,8 @@ class MatterSimCalculator(Calculator):
     Computes in float64 when ``jax_enable_x64`` is on, float32 otherwise.
 
     Each structure runs through :mod:`jmattersim.engine` in the smallest budget of
-    its ladder that holds it: a process compiles at most one function per rung
-    (three), whatever structures it is given.
+    ``ladder`` (default :data:`jmattersim.engine.LADDER`) that holds it: a process
+    compiles at most one function per rung, whatever structures it is given.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -38,6 +37,7 @@ class MatterSimCalculator(Calculator):
         compute_stress: bool = True,
         stress_weight: float = GPa,
         dtype=None,
+        ladder=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -49,6 +49,7 @@ class MatterSimCalculator(Calculator):
         self.dtype = np.dtype(dtype or engine.default_dtype())
         self.compute_stress = compute_stress
         self.stress_weight = stress_weight
+        self.ladder = ladder
 
     @classmethod
     def from_checkpoint(cls, load_path: str, **kwargs) -> MatterSimCalculator:
@@ -59,8 +60,8 @@ class MatterSimCalculator(Calculator):
         super().calculate(atoms, properties or ["energy"], system_changes)
         config = self.model.config
         label = structure_label(None, self.atoms.numbers)
-        check_atoms(self.atoms, config, label)  # InvalidStructureError, naming atom and problem
-        (out,) = engine.run(self.model, [structure_graph(self.atoms, config)], dtype=self.dtype)
+        graph = checked_graph(self.atoms, config, label)  # InvalidStructureError, naming it
+        (out,) = engine.run(self.model, [graph], dtype=self.dtype, ladder=self.ladder)
         forces = np.asarray(out.forces, dtype=float)
         if not (np.isfinite(out.energy) and np.isfinite(forces).all()):
             raise FloatingPointError(f"{label}: the model returned a non-finite energy or "

@@ -12,9 +12,8 @@ from ase import Atoms
 from . import engine
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
-from .graph import structure_graph
 from .padding import BatchBudget
-from .validate import check_structures
+from .validate import checked_graphs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +27,7 @@ class Result:
 
 def evaluate(model: Model, structures: Iterable[Atoms], dtype=None,
              mesh: jax.sharding.Mesh | None = None,
-             ladder: Sequence[BatchBudget] = engine.LADDER) -> list[Result]:
+             ladder: Sequence[BatchBudget] | None = None) -> list[Result]:
     """Energy, forces and stress (GPa) of every structure, in padded batches.
 
     Every structure is checked first (:func:`jmattersim.validate.check_atoms`): an
@@ -37,8 +36,6 @@ def evaluate(model: Model, structures: Iterable[Atoms], dtype=None,
     engine's budgets (``ladder``, default :data:`jmattersim.engine.LADDER`); ``mesh``
     spreads the batches over several devices.
     """
-    structures = list(structures)
-    check_structures(structures, model.config)
-    graphs = [structure_graph(a, model.config) for a in structures]
+    graphs = checked_graphs(list(structures), model.config)
     return [Result(out.energy, out.forces, out.stress * EV_PER_A3_TO_GPA)
             for out in engine.run(model, graphs, dtype=dtype, mesh=mesh, ladder=ladder)]

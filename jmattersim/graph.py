@@ -35,8 +35,8 @@ class StructureGraph:
     numbers (N,) int atomic numbers; positions (N, 3) Å; cell (3, 3) rows (upstream's
     box for a structure with no periodic axis); pbc (3,) bool; senders, receivers
     (E,) int; shifts (E, 3) integer image n of the receiver; triplets (T, 2) edge
-    indices (ij, ik) sharing the centre i = senders; atom_types (N, max_z+1) or None
-    (one-hot of ``numbers``); skin: Å added to both cutoffs when listing.
+    indices (ij, ik) sharing the centre i = senders; distances (E,) Å; atom_types
+    (N, max_z+1) or None (one-hot of ``numbers``); skin: Å added to both cutoffs.
     """
 
     numbers: np.ndarray
@@ -47,6 +47,7 @@ class StructureGraph:
     receivers: np.ndarray
     shifts: np.ndarray
     triplets: np.ndarray
+    distances: np.ndarray
     atom_types: np.ndarray | None = None
     skin: float = 0.0
 
@@ -144,6 +145,7 @@ def graph_of(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool],
         receivers=receivers,
         shifts=shifts,
         triplets=triplet_indices(senders, d, config.threebody_cutoff + skin),
+        distances=d,
         atom_types=None if atom_types is None else np.asarray(atom_types),
         skin=float(skin),
     )

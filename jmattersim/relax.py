@@ -26,8 +26,7 @@ from ase.optimize import BFGS, FIRE, LBFGS
 from . import engine
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
-from .graph import structure_graph
-from .validate import InvalidStructureError, check_atoms, check_structures, structure_label
+from .validate import InvalidStructureError, check_structures, checked_graph, structure_label
 
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}  # by upper-case name
 FILTERS = {"FrechetCellFilter": FrechetCellFilter, "ExpCellFilter": ExpCellFilter}
@@ -125,8 +124,7 @@ def _step(model: Model, active: list[_Run], max_steps: int, smax: float | None,
     graphs, evaluated = [], []
     for run in active:
         try:
-            check_atoms(run.atoms, model.config, run.label)
-            g = structure_graph(run.atoms, model.config)
+            g = checked_graph(run.atoms, model.config, run.label)
         except InvalidStructureError as e:
             run.fail(e.problem)
             continue

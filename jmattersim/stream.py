@@ -26,8 +26,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import engine
 from .checkpoint import Model
-from .graph import structure_graph
-from .validate import check_atoms, structure_label
+from .validate import checked_graph, structure_label
 
 
 def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
@@ -87,10 +86,9 @@ def predict_file(model: Model, src: str | os.PathLike, out: str | os.PathLike, *
         f.seek(offset)
         frames = itertools.islice(ase.io.iread(src, index=":"), done, None)
         while batch := list(itertools.islice(frames, chunk)):
-            for k, atoms in enumerate(batch):
-                check_atoms(atoms, model.config, structure_label(done + k, atoms.numbers, "frame"))
-            results = engine.run(model, [structure_graph(a, model.config) for a in batch],
-                                 mesh=mesh)
+            graphs = [checked_graph(a, model.config, structure_label(done + k, a.numbers, "frame"))
+                      for k, a in enumerate(batch)]
+            results = engine.run(model, graphs, mesh=mesh)
             text = io.StringIO()
             ase.io.write(text, [_labelled(a, r) for a, r in zip(batch, results, strict=True)],
                          format="extxyz")

@@ -133,7 +133,20 @@ def check_distances(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]
     pbc = np.asarray(pbc, dtype=bool)
     if not pbc.any():
         cell = np.eye(3)
-    i, j, shifts, d = neighbor_list(positions, cell, pbc, min_distance)
+    _refuse_close_pairs(*neighbor_list(positions, cell, pbc, min_distance), label, min_distance)
+
+
+def check_graph_distances(graph: Any, label: str = "", min_distance: float = MIN_DISTANCE
+                          ) -> None:
+    """:func:`check_distances` from a built :class:`jmattersim.graph.StructureGraph`
+    (its cutoff is far beyond ``min_distance``): no second neighbour search."""
+    close = graph.distances < min_distance
+    _refuse_close_pairs(graph.senders[close], graph.receivers[close], graph.shifts[close],
+                        graph.distances[close], label, min_distance)
+
+
+def _refuse_close_pairs(i: np.ndarray, j: np.ndarray, shifts: np.ndarray, d: np.ndarray,
+                        label: str, min_distance: float) -> None:
     if len(i) == 0:
         return
     k = int(np.argmin(d))
@@ -161,15 +174,16 @@ def check_numbers(numbers: np.ndarray, max_z: int, label: str = "") -> None:
 
 
 def check_atoms(atoms: Atoms, config: M3GNetConfig | Any, label: str | int | None = None,
-                min_distance: float = MIN_DISTANCE) -> None:
+                min_distance: float = MIN_DISTANCE, distances: bool = True) -> None:
     """Raises :class:`InvalidStructureError` unless ``atoms`` is fit for the model.
 
     config: an :class:`M3GNetConfig` or a Model. label: the structure's name in
     messages; an int is an index ('structure 3 (Fe2O3)'); default 'structure (Fe2O3)'.
     Checks: an ASE Atoms with at least one atom; atomic numbers in 1..max_z; finite
     positions; for a periodic structure, a finite, non-singular, non-degenerate cell;
-    no two atoms (images included) closer than ``min_distance`` Å. An atom with no
-    neighbour within the cutoff is fine.
+    no two atoms (images included) closer than ``min_distance`` Å (unless
+    ``distances`` is False: :func:`checked_graph` checks them on the graph). An atom
+    with no neighbour within the cutoff is fine.
     """
     config = _config(config)
     if not isinstance(atoms, Atoms):
@@ -191,17 +205,42 @@ def check_atoms(atoms: Atoms, config: M3GNetConfig | Any, label: str | int | Non
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=float)
     check_lattice(cell, pbc, name, min_width=min_distance)
-    check_distances(positions, cell, pbc, name, min_distance)
+    if distances:
+        check_distances(positions, cell, pbc, name, min_distance)
+
+
+def checked_graph(atoms: Atoms, config: M3GNetConfig | Any, label: str | int | None = None,
+                  min_distance: float = MIN_DISTANCE):
+    """:func:`check_atoms`, then the structure's graph
+    (:func:`jmattersim.graph.structure_graph`), the distance check made on it."""
+    from .graph import structure_graph
+
+    config = _config(config)
+    check_atoms(atoms, config, label, min_distance, distances=False)
+    graph = structure_graph(atoms, config)
+    name = label if isinstance(label, str) else structure_label(label, atoms.numbers)
+    check_graph_distances(graph, name, min_distance)
+    return graph
 
 
 def check_structures(structures: Sequence[Atoms], config: M3GNetConfig | Any,
                      kind: str = "structure") -> None:
     """:func:`check_atoms` on each, labelled '<kind> <index> (<formula>)'."""
     for k, atoms in enumerate(structures):
-        if isinstance(atoms, Atoms):
-            check_atoms(atoms, config, structure_label(k, atoms.numbers, kind))
-        else:
-            check_atoms(atoms, config, f"{kind} {k}")
+        check_atoms(atoms, config, _label(k, atoms, kind))
+
+
+def checked_graphs(structures: Sequence[Atoms], config: M3GNetConfig | Any,
+                   kind: str = "structure") -> list:
+    """:func:`checked_graph` of each, labelled '<kind> <index> (<formula>)'."""
+    return [checked_graph(atoms, config, _label(k, atoms, kind))
+            for k, atoms in enumerate(structures)]
+
+
+def _label(index: int, atoms: Any, kind: str) -> str:
+    if isinstance(atoms, Atoms):
+        return structure_label(index, atoms.numbers, kind)
+    return f"{kind} {index}"
 
 
 def _host_array(name: str, value: Any) -> np.ndarray:
