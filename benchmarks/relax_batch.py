@@ -47,6 +47,7 @@ def main() -> None:
         out = jmattersim.relax(model, frames, fmax=args.fmax, max_steps=args.steps)
         relaxed = time.perf_counter() - t
         converged = sum(a.info["relax_status"] == "converged" for a in out)
+        failed = sum(a.info["relax_status"] == "failed" for a in out)
         steps = [a.info["relax_steps"] for a in out]
     else:
         from mattersim.applications.batch_relax import BatchRelaxer
@@ -59,7 +60,7 @@ def main() -> None:
                                fmax=args.fmax, max_n_steps=args.steps)
         trajectories = relaxer.relax(frames)
         relaxed = time.perf_counter() - t
-        converged, steps = 0, []
+        converged, failed, steps = 0, 0, []  # BatchRelaxer has no failed status
         for k in range(len(frames)):
             last = trajectories[k][-1]
             last.calc = SinglePointCalculator(last, energy=last.info["total_energy"],
@@ -68,8 +69,9 @@ def main() -> None:
             converged += converged_like_ase(last, args.fmax)
             steps.append(len(trajectories[k]) - 1)
     print(json.dumps({"relax": relaxed, "total": time.perf_counter() - START,
-                      "converged": int(converged), "frames": len(frames),
-                      "mean_steps": float(np.mean(steps))}))
+                      "converged": int(converged), "failed": int(failed),
+                      "frames": len(frames), "mean_steps": float(np.mean(steps)),
+                      "structure_steps": int(np.sum(steps))}))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies
 from .geometry import periodic_cell
 from .graph import StructureGraph, graph_of
 from .neighbors import Topology, TopologyCapacity, bucket_up
-from .padding import BatchBudget, pad, total_counts
+from .padding import BatchBudget, pad, tight_budget, total_counts
 from .validate import check_arrays, structure_label
 
 Array = jnp.ndarray
@@ -140,6 +140,7 @@ def neighbor_list(
     sizes: Sequence[int] | None = None,
     pbc: Any = None,
     skin: float = 0.0,
+    budget: BatchBudget | None = None,
 ) -> NeighborList:
     """Neighbours and triplets of a batch, built on the host (exact, as upstream's),
     for ``forward_batch(..., neighbors=...)`` under ``jit``/``grad``.
@@ -147,10 +148,12 @@ def neighbor_list(
     Structures as ASE ``atoms_list`` or as arrays: positions (ΣN, 3) Cartesian Å,
     lattice (G, 3, 3) rows, sizes (G,), pbc (G, 3) (default periodic). skin: Å
     added to both cutoffs, so that the list holds while atoms move less than
-    ``skin / 2``. The list is padded to the smallest budget of
-    :data:`jmattersim.engine.LADDER` holding the whole batch (beyond the top rung,
-    each count rounded up to a bucket): batches of similar size share a compiled
-    function.
+    ``skin / 2``. budget: the padded sizes (a
+    :class:`~jmattersim.padding.BatchBudget`); by default each count rounded up
+    to the next size of :func:`~jmattersim.padding.bucket` (about 1.4 apart):
+    little padding, and a jitted function recompiles only when a batch changes
+    size class. Pass one budget (e.g. ``jmattersim.engine.LADDER[-1]``) to run
+    many different batches through one compiled function.
     """
     config = getattr(model, "config", model)
     if atoms_list is not None:
@@ -163,7 +166,7 @@ def neighbor_list(
     graphs = [graph_of(positions[starts[g]:starts[g + 1]], lattice[g], pbc[g], config,
                        skin=skin) for g in range(len(sizes))]
     total = total_counts(graphs)
-    budget = engine.smallest_rung(total)
+    budget = tight_budget(total) if budget is None else budget
     dtype = engine.default_dtype()
     batch = pad(graphs, budget, config, dtype)
     g = batch.graph

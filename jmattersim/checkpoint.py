@@ -47,10 +47,14 @@ class Model:
         """The same model with every array a JAX array of ``dtype`` (float64 needs
         x64); cached, so repeated calls cost nothing."""
         key = np.dtype(dtype).name
-        if key not in self._cast:
+        if key in self._cast:
+            return self._cast[key]
+        with jax.ensure_compile_time_eval():  # concrete arrays, even while jit traces
             cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), self.params)
-            self._cast[key] = dataclasses.replace(self, params=cast, _cast={})
-        return self._cast[key]
+        model = dataclasses.replace(self, params=cast, _cast={})
+        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(cast)):
+            self._cast[key] = model  # traced parameters are never kept
+        return model
 
     @property
     def num_parameters(self) -> int:

@@ -10,9 +10,10 @@ The ASE calculator, :func:`jmattersim.evaluate`, ``jmattersim predict`` and
 compiled functions: a process compiles at most one function per rung of
 :data:`LADDER` (and one per structure larger than its top rung).
 
-- A stream packs into the top rung; what is left at its end runs in the
-  smallest rung that holds it.
-- One structure alone (the calculator) runs in the smallest rung that holds it.
+- A stream packs into the top rung, its last group included (a compile costs
+  more than that group's padding).
+- One structure alone (the calculator), or a short run, runs in the smallest
+  rung that holds it.
 - A structure larger than a rung runs in the next; beyond the top rung it gets
   its own budget, each count rounded up to :func:`~jmattersim.padding.bucket`.
 """
@@ -44,6 +45,7 @@ LADDER: tuple[BatchBudget, ...] = (
     BatchBudget(nodes=384, edges=3072, triplets=49152, graphs=128),
     BatchBudget(nodes=1536, edges=12288, triplets=196608, graphs=512),
 )
+SHORT_RUN = 4  # groups: up to this many run in the smallest rungs that hold them
 
 
 class Evaluation(NamedTuple):
@@ -98,21 +100,27 @@ def plan(counts: Sequence[Counts], ladder: Sequence[BatchBudget] = LADDER
     notes). Every structure is in exactly one group.
 
     Structures that the top rung holds are packed into it (first-fit
-    decreasing); the items of its groups that came out less than half full are
-    packed again into the rung below when that costs less. Each group then runs
-    in the smallest rung that holds it. Larger structures run one by one."""
+    decreasing). A short run (at most :data:`SHORT_RUN` groups: the calculator, a
+    small ``forward_batch``) runs each group in the smallest rung that holds it,
+    its sparse groups packed again into the rung below where that costs less. A
+    longer run (a stream) keeps every group in the top rung: its last group's
+    padding costs less than compiling another shape. Larger structures run one
+    by one, each in its own budget."""
     main = ladder[-1]
     fits = [k for k in range(len(counts)) if main.holds(counts[k])]
     groups = first_fit_decreasing(fits, counts, main)
-    if len(ladder) > 1 and groups:
-        sparse = [g for g in groups if _fill(g, counts, main) < 0.5]
-        items = sorted(k for g in sparse for k in g)
-        lower = ladder[-2]
-        if items and all(lower.holds(counts[k]) for k in items):
-            again = first_fit_decreasing(items, counts, lower)
-            if _cost(again, counts, ladder) < _cost(sparse, counts, ladder):
-                groups = [g for g in groups if _fill(g, counts, main) >= 0.5] + again
-    out = [(g, smallest_rung(_total(g, counts), ladder)) for g in groups]
+    if len(groups) > SHORT_RUN:
+        out = [(g, main) for g in groups]
+    else:
+        if len(ladder) > 1 and groups:
+            sparse = [g for g in groups if _fill(g, counts, main) < 0.5]
+            items = sorted(k for g in sparse for k in g)
+            lower = ladder[-2]
+            if items and all(lower.holds(counts[k]) for k in items):
+                again = first_fit_decreasing(items, counts, lower)
+                if _cost(again, counts, ladder) < _cost(sparse, counts, ladder):
+                    groups = [g for g in groups if _fill(g, counts, main) >= 0.5] + again
+        out = [(g, smallest_rung(_total(g, counts), ladder)) for g in groups]
     out += [([k], smallest_rung(counts[k], ladder)) for k in range(len(counts))
             if not main.holds(counts[k])]
     return sorted(out)

@@ -90,12 +90,13 @@ def test_plan_puts_each_structure_in_one_group_within_its_budget():
     for group, budget in groups:
         total = sum((counts[k] for k in group), Counts(0, 0, 0, 0))
         assert budget.holds(total)
-        assert budget in engine.LADDER or (len(group) == 1 and not top.holds(total))
-        if budget in engine.LADDER:  # the smallest rung that holds the group
-            lower = engine.LADDER[:engine.LADDER.index(budget)]
-            assert not any(rung.holds(total) for rung in lower)
+        assert budget == top or (len(group) == 1 and not top.holds(total))  # a stream: top
     full = [sum(counts[k].edges for k in g) / b.edges for g, b in groups if b == top]
     assert np.mean(full) > 0.85, np.mean(full)  # first-fit decreasing packs tightly
+    for few in (counts[:1], counts[3:6], [Counts(2, 56, 480, 1)] * 3):  # short runs
+        for group, budget in engine.plan(few):
+            total = sum((few[k] for k in group), Counts(0, 0, 0, 0))
+            assert budget == engine.smallest_rung(total)  # the smallest rung that holds it
 
 
 def test_first_fit_decreasing_keeps_every_count_strictly_below_the_budget():
