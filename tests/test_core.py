@@ -198,6 +198,47 @@ def test_batch_forces_are_minus_energy_gradient(model, mixed_batch):
                                atol=2e-5, rtol=1e-5)
 
 
+def test_traced_forward_batch_with_a_host_list_equals_the_concrete_path(model, mixed_batch):
+    """Under jit, with a neighbour list built on the host (the inverse-design path):
+    the concrete path's energies, forces and stresses; forces = -dE/dpositions;
+    a list with a skin follows moving atoms exactly until it says it is stale."""
+    config = model.config
+    at, pos, lat, sizes, pbc = jmattersim.batch.atoms_arrays(mixed_batch, config)
+    sizes = tuple(int(n) for n in sizes)
+    at, pos, lat = (jnp.asarray(x, jnp.float32) for x in (at, pos, lat))
+
+    @jax.jit
+    def run(pos, nbrs):
+        out = forward_batch(model, atom_types=at, positions=pos, lattice=lat, sizes=sizes,
+                            pbc=pbc, neighbors=nbrs, include_forces=True,
+                            include_stresses=True)
+        grad = jax.grad(lambda p: forward_batch(
+            model, atom_types=at, positions=p, lattice=lat, sizes=sizes, pbc=pbc,
+            neighbors=nbrs)["total_energy"].sum())(pos)
+        return out, -grad
+
+    ref = forward_batch(model, mixed_batch, include_forces=True, include_stresses=True)
+    out, minus_grad = run(pos, jmattersim.neighbor_list(model, mixed_batch))
+    np.testing.assert_allclose(out["total_energy"], ref["total_energy"], rtol=1e-6)
+    np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-4)
+    np.testing.assert_allclose(out["stresses"], ref["stresses"], atol=1e-3)
+    np.testing.assert_allclose(minus_grad, ref["forces"], atol=2e-5, rtol=1e-5)
+    assert not bool(out["neighbors_stale"])
+
+    skinned = jmattersim.neighbor_list(model, mixed_batch, skin=0.5)
+    rng = np.random.default_rng(0)
+    for step, stale in ((0.1, False), (0.4, True)):  # largest displacement 0.1 / 0.4 A
+        moved = pos + jnp.asarray(rng.uniform(-1, 1, pos.shape) * step / np.sqrt(3),
+                                  jnp.float32)
+        out, _ = run(moved, skinned)
+        assert bool(out["neighbors_stale"]) == stale
+        if not stale:
+            fresh = forward_batch(model, atom_types=at, positions=moved, lattice=lat,
+                                  sizes=sizes, pbc=pbc, include_forces=True)
+            np.testing.assert_allclose(out["total_energy"], fresh["total_energy"], rtol=1e-6)
+            np.testing.assert_allclose(out["forces"], fresh["forces"], atol=1e-4)
+
+
 # -------------------------------------- 3. soft atom types, padding without NaN
 
 
