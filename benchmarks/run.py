@@ -57,6 +57,7 @@ REPO = HERE.parent
 SHARED = Path(os.environ.get("JMATTERSIM_SHARED", REPO.parent / "shared"))
 FILES = ("mptrj-random-1k.xyz", "alexandria-random-1k.xyz", "mpf-TP.xyz")
 WORK = Path(tempfile.gettempdir()) / "jmattersim-bench"
+SETTLE = 1.0  # s of quiet before each timed function
 CONFIGS = {"1M": {"num_blocks": 3, "units": 128}, "5M": {"num_blocks": 4, "units": 256}}
 BATCH = 16
 
@@ -127,10 +128,13 @@ def write_frames(frames: list, name: str) -> Path:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Best wall time of each function, the functions taking turns."""
+    """Best wall time of each function, the functions taking turns. Each starts
+    after a pause: torch's and XLA's worker threads spin for a while after a call,
+    and would otherwise slow down whichever function comes next."""
     best = {k: float("inf") for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
+            time.sleep(SETTLE)
             t = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - t)
@@ -313,7 +317,7 @@ def seed_rows(name: str, n: int, seed: int, add) -> None:
         fns["jm"]()
         compile_s = time.perf_counter() - t0
         fns["up"]()
-        t = interleaved(fns, 1 if loss else 2)
+        t = interleaved(fns, 2)
         add(label, name, "frames/s", n / t["jm"], n / t["up"],
             f"{n} frames (at most 64 atoms), batches of {BATCH}; first pass {compile_s:.0f} s")
 
@@ -529,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the frame draws")
     parser.add_argument("--only", nargs="*", default=None,
                         help="workloads: predict steady seed first_pass relax md")
+    parser.add_argument("--configs", nargs="*", default=None,
+                        help="architectures (default: 1M and 5M; 1M with --quick)")
     parser.add_argument("--update-readme", action="store_true",
                         help="only copy results.md into the README's benchmark section")
     args = parser.parse_args(argv)
@@ -536,14 +542,24 @@ def main(argv: list[str] | None = None) -> int:
         update_readme()
         return 0
     p = plan(args.quick)
+    if args.configs:
+        p["configs"] = args.configs
     only = set(args.only or ["predict", "steady", "seed", "first_pass", "relax", "md"])
     rows: list[dict] = []
+    runs: list[dict] = []
+    kept: dict = {}
     previous = HERE / "results.json"
     if args.only and previous.exists():  # a partial rerun replaces its own rows only
-        rows = json.loads(previous.read_text())["rows"]
+        before = json.loads(previous.read_text())
+        rows, runs = before["rows"], before["info"].get("runs", [])
+        kept = {k: v for k, v in before["info"].items() if k.startswith("flops_")}
     import jmattersim  # noqa: F401 - its process settings, before JAX runs
 
-    info = {"machine": machine(), "quick": args.quick, "seed": args.seed}
+    info = {"machine": machine(), "quick": args.quick, "seed": args.seed, **kept}
+    runs.append({"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "command": " ".join(["python benchmarks/run.py", *argv]),
+                 "machine": info["machine"]})
+    info["runs"] = runs
     print(f"machine: {info['machine']}", flush=True)
     info["matmul_gflops"] = matmul_rate()
     print(f"float32 matmul GFLOP/s: {info['matmul_gflops']}", flush=True)
@@ -554,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                    != (workload, config, jm_impl)]
         rows.append({"workload": workload, "config": config, "unit": unit, "jmattersim": jm,
                      "upstream": up, "ratio": ratio, "note": note, "jm_impl": jm_impl,
-                     "lower_is_better": lower_is_better})
+                     "lower_is_better": lower_is_better, "run": len(runs)})
         print(f"  {workload} [{config}] {jm_impl}: jmattersim {jm:.3g} {unit}, upstream "
               f"{up:.3g} {unit}, advantage {ratio:.2f}x  {note}", flush=True)
         write(rows, info, quiet=True)  # partial results survive an interrupted run
@@ -589,14 +605,14 @@ def update_readme() -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| workload | config | jmattersim | upstream | advantage | notes |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| workload | config | jmattersim | upstream | advantage | notes | run |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         jm = f"{r['jmattersim']:.3g} {r['unit']}"
         if r["jm_impl"]:
             jm += f" ({r['jm_impl']})"
         lines.append(f"| {r['workload']} | {r['config']} | {jm} | {r['upstream']:.3g} "
-                     f"{r['unit']} | **{r['ratio']:.2f}×** | {r['note']} |")
+                     f"{r['unit']} | **{r['ratio']:.2f}×** | {r['note']} | {r.get('run', 1)} |")
     return "\n".join(lines)
 
 
@@ -605,8 +621,12 @@ def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
     flops = [f"{k.removeprefix('flops_')}: {v['gflops']:.0f} GFLOP/s by XLA's count "
              f"({v['edge_fill']:.0%} of the padded edge slots real)"
              for k, v in info.items() if k.startswith("flops_")]
-    md = [f"`python benchmarks/run.py` ({mode} run, seed {info['seed']}). Machine: "
-          f"{info['machine']}.", "",
+    runs = info.get("runs") or [{"started": "?", "command": f"({mode} run)",
+                                  "machine": info["machine"]}]
+    md = [f"Seed of the frame draws: {info['seed']}. Each row's two timings come from one "
+          "run (one invocation); a partial rerun (`--only`) replaces its own rows. Runs:", "",
+          *[f"{k}. `{r['command']}`, {r['started']}. Machine: {r['machine']}."
+            for k, r in enumerate(runs, 1)], "",
           "float32 matmul (jax, jit): "
           + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in info["matmul_gflops"].items()),
           "" if not flops else "Model work of the steady-state batches: " + "; ".join(flops),

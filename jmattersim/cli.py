@@ -13,8 +13,10 @@ DEFAULT_MODEL = "mattersim-v1.0.0-1M"
 def predict_command(args: argparse.Namespace) -> int:
     from .io import load_model
     from .sharding import graph_mesh
-    from .stream import predict_file, resume_point
+    from .stream import CHUNK, predict_file, resume_point
     from .validate import InvalidStructureError
+
+    chunk = args.chunk or CHUNK
 
     try:
         model = load_model(args.model)
@@ -27,13 +29,13 @@ def predict_command(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out) if args.out else src.with_suffix(".jmattersim.extxyz")
     mesh = graph_mesh() if args.devices == "all" else None
-    done, _ = resume_point(model, src, out, args.chunk) if not args.restart else (0, 0)
+    done, _ = resume_point(model, src, out, chunk) if not args.restart else (0, 0)
     if done:
         print(f"jmattersim predict: resuming after {done} frames already in {out}")
     start = time.perf_counter()
     written = done
     try:
-        for count in predict_file(model, src, out, chunk=args.chunk, mesh=mesh,
+        for count in predict_file(model, src, out, chunk=chunk, mesh=mesh,
                                   resume=not args.restart, progress=not args.quiet):
             written = count
     except InvalidStructureError as e:
@@ -62,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="converted model directory, a .pth checkpoint, or a published name "
                    f"(default {DEFAULT_MODEL})")
     p.add_argument("--out", help="output extxyz (default FILE.jmattersim.extxyz)")
-    p.add_argument("--chunk", type=int, default=64,
-                   help="frames evaluated and written at a time (default 64)")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="frames evaluated and written at a time (default 256: a chunk "
+                   "packs into the engine's largest budget, so a run compiles once)")
     p.add_argument("--devices", choices=["all", "one"], default="all",
                    help="split batches across all local devices (default), or use one")
     p.add_argument("--restart", action="store_true",

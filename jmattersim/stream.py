@@ -28,6 +28,7 @@ from . import engine
 from .checkpoint import Model
 from .validate import checked_graph, structure_label
 
+CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top budget
 
 def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
     atoms.calc = SinglePointCalculator(
@@ -64,7 +65,7 @@ def resume_point(model: Model, src: str | os.PathLike, out: str | os.PathLike,
 
 
 def predict_file(model: Model, src: str | os.PathLike, out: str | os.PathLike, *,
-                 chunk: int = 256, mesh: jax.sharding.Mesh | None = None, resume: bool = True,
+                 chunk: int = CHUNK, mesh: jax.sharding.Mesh | None = None, resume: bool = True,
                  progress: bool = True) -> Iterator[int]:
     """Evaluates every frame of ``src`` into extxyz ``out`` (energy, free_energy,
     forces, stress in eV/Å^3), ``chunk`` frames at a time; yields the number

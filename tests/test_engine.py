@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 import jmattersim
-from jmattersim import engine
+from jmattersim import cli, engine
 from jmattersim.padding import BatchBudget, Counts
-from jmattersim.stream import predict_file
 
 from conftest import SHARED
 
@@ -38,10 +37,11 @@ def model(converted):
     return jmattersim.load_model(converted["1M"])
 
 
-def test_every_entry_point_needs_at_most_3_shapes(model, varied, tmp_path):
+def test_every_entry_point_needs_at_most_3_shapes(model, varied, converted, tmp_path):
     """200 varied structures through the calculator, evaluate, forward_batch
-    (batches of 16) and predict: each needs at most 3 compiled shapes, and they
-    agree with each other."""
+    (batches of 16) and ``jmattersim predict``: each needs at most 3 compiled shapes
+    (a stream one), and they agree with each other."""
+    model_dir = converted["1M"]
     calc = jmattersim.MatterSimCalculator(model)
     with engine.recording() as shapes:
         singles = []
@@ -52,7 +52,7 @@ def test_every_entry_point_needs_at_most_3_shapes(model, varied, tmp_path):
     assert 1 <= len(shapes) <= 3, shapes
     with engine.recording() as shapes:
         batch = jmattersim.evaluate(model, varied)
-    assert 1 <= len(shapes) <= 3, shapes
+    assert len(shapes) == 1, shapes  # a stream packs into the top budget alone
     with engine.recording() as shapes:
         tensors = [jmattersim.forward_batch(model, varied[k:k + 16], include_forces=True,
                                             include_stresses=True)
@@ -60,10 +60,10 @@ def test_every_entry_point_needs_at_most_3_shapes(model, varied, tmp_path):
     assert 1 <= len(shapes) <= 3, shapes
     src = tmp_path / "varied.extxyz"
     ase.io.write(src, varied, format="extxyz")
-    with engine.recording() as shapes:
-        for _ in predict_file(model, src, tmp_path / "out.extxyz", progress=False):
-            pass
-    assert 1 <= len(shapes) <= 3, shapes
+    with engine.recording() as shapes:  # the command line, with its default chunk
+        assert cli.main(["predict", str(src), "--model", str(model_dir), "--out",
+                         str(tmp_path / "out.extxyz"), "--quiet"]) == 0
+    assert len(shapes) == 1, shapes
     written = ase.io.read(tmp_path / "out.extxyz", index=":")
     energies = np.concatenate([np.asarray(t["total_energy"]) for t in tensors])
     forces = np.concatenate([np.asarray(t["forces"]) for t in tensors])
