@@ -241,7 +241,8 @@ def steady_rows(name: str, n: int, seed: int, reps: int, add, info: dict) -> Non
     add("E+F+S steady state", name, "frames/s", n / t["calculator"], n / t["up_calc"],
         f"{n} frames; both ASE calculators, one structure at a time",
         jm_impl="calculator vs upstream calculator")
-    info[f"flops_{name}"] = model_flop_rate(model, frames, reps)
+    info[f"flops_{name}"] = {**model_flop_rate(model, frames, reps), "run": len(info["runs"]),
+                             "matmul_gflops": info["matmul_gflops"]}
 
 
 def model_flop_rate(model, frames: list, reps: int) -> dict:
@@ -621,13 +622,17 @@ def table(rows: list[dict]) -> str:
 def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
     mode = "--quick" if info["quick"] else "full"
     flops = [f"{k.removeprefix('flops_')}: {v['gflops']:.0f} GFLOP/s by XLA's count "
-             f"({v['edge_fill']:.0%} of the padded edge slots real)"
+             f"({v['edge_fill']:.0%} of the padded edge slots real; run {v.get('run', 1)}, "
+             "whose float32 matmul ran at "
+             + ", ".join(f"{m:.0f}" for m in v.get("matmul_gflops", {}).values()) + " GFLOP/s)"
              for k, v in info.items() if k.startswith("flops_")]
     runs = info.get("runs") or [{"started": "?", "command": f"({mode} run)",
                                   "machine": info["machine"]}]
     md = [f"Seed of the frame draws: {info['seed']}. Each row's two timings come from one "
           "run (one invocation); a partial rerun (`--only`) replaces its own rows. Runs:", "",
           *[f"{k}. `{r['command']}`, {r['started']}. Machine: {r['machine']}."
+            + ("" if any(row.get("run", 1) == k for row in rows)
+               else " (its rows replaced by a later run)")
             for k, r in enumerate(runs, 1)], "",
           "float32 matmul (jax, jit): "
           + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in info["matmul_gflops"].items()),
