@@ -55,8 +55,18 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jmattersim")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jmattersim", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"jmattersim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="energy, forces and stress of every frame of FILE")
     p.add_argument("file", help="any structure file ASE reads (extxyz, cif, POSCAR, traj...)")

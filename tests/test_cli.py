@@ -42,3 +42,11 @@ def test_predict_without_model_says_how(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "cannot load model" in proc.stderr and "jmattersim-convert" in proc.stderr
+
+
+def test_version_is_the_installed_package_version():
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "jmattersim.cli", "--version"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"jmattersim {version('jmattersim')}"
