@@ -9,7 +9,9 @@ in eV inside; pressure in GPa here, eV/Å^3 inside.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,20 @@ def _simulator(ensemble: str, energy_fn: Callable, shift_fn: Callable, dt: float
                                         barostat_kwargs={"tau": tau_p},
                                         thermostat_kwargs={"tau": tau_t})
     raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+
+
+def _without_precision_warning(fn: Callable) -> Callable:
+    """``fn`` traced without jax-md's float32 warning: its sums ask for float64
+    (``util.high_precision_sum``) and JAX warns when x64 is off and gives float32."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Explicitly requested dtype float64",
+                                    category=UserWarning)
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def md(
@@ -99,6 +115,7 @@ def md(
     def box_of(state):
         return simulate.npt_box(state) if npt else box
 
+    @_without_precision_warning
     def invariant(state, nbrs):
         b = box_of(state)
         pe = energy_fn(state.position, neighbor=nbrs, box=b)
@@ -114,6 +131,7 @@ def md(
         pres = quantity.pressure(energy_fn, state.position, b, ke, neighbor=nbrs)
         return jnp.stack([pe, ke, conserved, volume, pres])
 
+    @_without_precision_warning
     def step(carry, _):
         state, nbrs = carry
         state = apply_fn(state, neighbor=nbrs)
@@ -136,6 +154,7 @@ def md(
         reallocations += 1
         nbrs = neighbor_fn.allocate(R, capacity_multiplier=headroom)
     @jax.jit
+    @_without_precision_warning
     def start(key, R, nbrs):
         kw = {"mass": mass, "neighbor": nbrs}
         if ensemble == "nve":

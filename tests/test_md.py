@@ -123,3 +123,16 @@ def test_fire_descent_on_the_neighbor_list(small_model):
     e0 = energy_fn(R, neighbor=neighbor_fn.allocate(R))
     assert energy_fn(state.position, neighbor=nbrs) < e0
     assert f1 < 0.5 * f0, (f0, f1)
+
+
+def test_float32_md_warns_nothing(small_model):
+    """jax-md's sums ask for float64; with x64 off, the MD driver keeps JAX's
+    truncation warning out of the user's output."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _, log = md(small_model, bulk("Si", "diamond", 5.43, cubic=True), 4,
+                    ensemble="nvt_langevin", temperature=300.0, chunk=2, log_every=1,
+                    progress=False)
+    assert np.all(np.isfinite(log["conserved"]))
