@@ -615,23 +615,21 @@ def table(rows: list[dict]) -> str:
         if r["jm_impl"]:
             jm += f" ({r['jm_impl']})"
         lines.append(f"| {r['workload']} | {r['config']} | {jm} | {r['upstream']:.3g} "
-                     f"{r['unit']} | **{r['ratio']:.2f}×** | {r['note']} | {r.get('run', 1)} |")
+                     f"{r['unit']} | **{r['ratio']:.2f}×** | {r['note']} | {r['run']} |")
     return "\n".join(lines)
 
 
 def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
-    mode = "--quick" if info["quick"] else "full"
     flops = [f"{k.removeprefix('flops_')}: {v['gflops']:.0f} GFLOP/s by XLA's count "
-             f"({v['edge_fill']:.0%} of the padded edge slots real; run {v.get('run', 1)}, "
+             f"({v['edge_fill']:.0%} of the padded edge slots real; run {v['run']}, "
              "whose float32 matmul ran at "
-             + ", ".join(f"{m:.0f}" for m in v.get("matmul_gflops", {}).values()) + " GFLOP/s)"
+             + ", ".join(f"{m:.0f}" for m in v["matmul_gflops"].values()) + " GFLOP/s)"
              for k, v in info.items() if k.startswith("flops_")]
-    runs = info.get("runs") or [{"started": "?", "command": f"({mode} run)",
-                                  "machine": info["machine"]}]
+    runs = info["runs"]
     md = [f"Seed of the frame draws: {info['seed']}. Each row's two timings come from one "
           "run (one invocation); a partial rerun (`--only`) replaces its own rows. Runs:", "",
           *[f"{k}. `{r['command']}`, {r['started']}. Machine: {r['machine']}."
-            + ("" if any(row.get("run", 1) == k for row in rows)
+            + ("" if any(row["run"] == k for row in rows)
                else " (its rows replaced by a later run)")
             for k, r in enumerate(runs, 1)], "",
           "float32 matmul (jax, jit): "

@@ -16,8 +16,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from .stream import CHUNK, predict_file, resume_point
     from .validate import InvalidStructureError
 
-    chunk = args.chunk or CHUNK
-
+    chunk = CHUNK if args.chunk is None else args.chunk
     try:
         model = load_model(args.model)
     except (ConnectionError, FileNotFoundError, ValueError) as e:

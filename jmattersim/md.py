@@ -46,7 +46,7 @@ def _simulator(ensemble: str, energy_fn: Callable, shift_fn: Callable, dt: float
 
 
 def _without_precision_warning(fn: Callable) -> Callable:
-    """``fn`` traced without jax-md's float32 warning: its sums ask for float64
+    """``fn`` (a function jit traces) without jax-md's float32 warning: its sums ask for float64
     (``util.high_precision_sum``) and JAX warns when x64 is off and gives float32."""
 
     @functools.wraps(fn)
@@ -115,7 +115,6 @@ def md(
     def box_of(state):
         return simulate.npt_box(state) if npt else box
 
-    @_without_precision_warning
     def invariant(state, nbrs):
         b = box_of(state)
         pe = energy_fn(state.position, neighbor=nbrs, box=b)
@@ -131,7 +130,6 @@ def md(
         pres = quantity.pressure(energy_fn, state.position, b, ke, neighbor=nbrs)
         return jnp.stack([pe, ke, conserved, volume, pres])
 
-    @_without_precision_warning
     def step(carry, _):
         state, nbrs = carry
         state = apply_fn(state, neighbor=nbrs)
@@ -143,6 +141,7 @@ def md(
         return carry, invariant(*carry)
 
     @jax.jit
+    @_without_precision_warning
     def run_chunk(state, nbrs):
         return jax.lax.scan(logged, (state, nbrs), None, length=chunk // log_every)
 

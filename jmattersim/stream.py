@@ -30,6 +30,7 @@ from .validate import checked_graph, structure_label
 
 CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top budget
 
+
 def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
     atoms.calc = SinglePointCalculator(
         atoms, energy=res.energy, free_energy=res.energy, forces=res.forces,
