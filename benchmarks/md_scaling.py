@@ -6,15 +6,14 @@
     python benchmarks/md_scaling.py relax
 
 The model is MatterSim's 1M architecture (3 blocks, 128 units) with the seeded random
-weights of the test suite (``tests/upstream.py``: upstream's M3Gnet, saved by
-upstream, converted), ``--arch small`` for the MD tests' small architecture, or
+weights of the test suite (``jmattersim.testing.genuine_checkpoint``: upstream's
+M3Gnet, saved by upstream, converted), ``--arch small`` for the MD tests' small architecture, or
 ``--model PATH`` (a converted directory or a .pth).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -22,26 +21,17 @@ import jax
 import numpy as np
 from ase.build import bulk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-
-ARCHS = {"1M": ({"num_blocks": 3, "units": 128}, 0),
-         "small": ({"num_blocks": 2, "units": 16, "max_l": 2, "max_n": 2}, 3)}
-
 
 def random_model(cache: Path, arch: str = "1M"):
     """Upstream's M3Gnet of architecture ``arch`` with the test suite's seeded random
     weights (1M: MatterSim-v1.0.0-1M's shape; small: the MD/relax tests' model)."""
     import jmattersim
+    from jmattersim.testing import genuine_checkpoint
 
-    args, seed = ARCHS[arch]
     path = cache / f"random-{arch}.pth"
     if not path.exists():
-        import upstream
-
         cache.mkdir(parents=True, exist_ok=True)
-        upstream.make_checkpoint(path, seed, **args)
+        genuine_checkpoint(path, arch)
     return jmattersim.load_model(path)
 
 
@@ -95,13 +85,13 @@ def scaling(model, sizes, steps):
 def nve(model, steps, a=5.43, relaxed=False, dt=1.0, dtypes=("float64", "float32")):
     """NVE of 64 Si at 300 K. relaxed: start from the model's own minimum (positions
     and cell relaxed from diamond at ``a``), as one would before MD."""
-    from jmattersim.md import md
+    from jmattersim.jax_md import md
 
     for name in dtypes:
         with jax.enable_x64(name == "float64"):
             atoms = si(2, a)
             if relaxed:
-                from jmattersim.relax import relax
+                from jmattersim import relax
 
                 atoms.rattle(0.01, seed=0)  # off the symmetric saddle, if it is one
                 out = relax(model, atoms, fmax=1e-3, smax=1e-3, max_steps=3000)
@@ -126,7 +116,7 @@ def nve(model, steps, a=5.43, relaxed=False, dt=1.0, dtypes=("float64", "float32
 
 
 def nvt(model, steps):
-    from jmattersim.md import md
+    from jmattersim.jax_md import md
 
     for ensemble in ("nvt_nose_hoover", "nvt_langevin"):
         atoms = si(2)
@@ -140,7 +130,7 @@ def nvt(model, steps):
 def relax_figures(model):
     import ase.io
 
-    from jmattersim.relax import relax
+    from jmattersim import relax
 
     atoms = si(2)
     atoms.rattle(0.1, seed=2)
@@ -152,7 +142,8 @@ def relax_figures(model):
     print(f"Si 64 relax: converged {out.info['relax_converged']} in {out.info['relax_steps']} "
           f"steps, max |F| {np.abs(out.get_forces()).max():.2e} eV/A, max |sigma| {gpa:.3f} GPa, "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    frames = ase.io.read(ROOT.parent / "shared" / "data" / "mptrj-random-1k.xyz", ":")
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    frames = ase.io.read(data / "mptrj-random-1k.xyz", ":")
     picks = [a for a in frames if len(a) == 4][:16]
     batched = relax(model, picks, fmax=0.01, smax=0.02, max_steps=2000)
     single = [relax(model, a, fmax=0.01, smax=0.02, max_steps=2000) for a in picks]
@@ -179,7 +170,7 @@ def main():
     parser.add_argument("--dt", type=float, default=1.0, help="nve: time step, fs")
     parser.add_argument("--dtype", choices=["float64", "float32"], nargs="+",
                         default=["float64", "float32"], help="nve: precisions to run")
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="1M",
+    parser.add_argument("--arch", choices=["1M", "small"], default="1M",
                         help="random-weights architecture when no --model is given")
     parser.add_argument("--cache", default="/tmp/jmattersim-bench")
     args = parser.parse_args()

@@ -18,7 +18,7 @@ upstream's ``Potential.save``; converted by ``jmattersim-convert``).
   pass): ``evaluate``, ``forward_batch`` (batches of 16) and the ASE calculator
   against upstream's ``predict_properties`` (its best batch size) and upstream's
   ASE calculator. XLA's FLOP count gives the rate of the model work.
-- seed: the inverse-design workload through ``forward_batch`` under ``jit``/``grad``
+- inverse_design: the inverse-design workload through ``forward_batch`` under ``jit``/``grad``
   as the README writes it (a host neighbour list, then ``jax.grad``), batches of
   16: energy and its gradient in atom types, positions and lattice (b1), and the
   gradient of a force-and-stress loss (b2); upstream: its model in torch autograd.
@@ -58,11 +58,8 @@ SHARED = Path(os.environ.get("JMATTERSIM_SHARED", REPO.parent / "shared"))
 FILES = ("mptrj-random-1k.xyz", "alexandria-random-1k.xyz", "mpf-TP.xyz")
 WORK = Path(tempfile.gettempdir()) / "jmattersim-bench"
 SETTLE = 1.0  # s of quiet before each timed function
-CONFIGS = {"1M": {"num_blocks": 3, "units": 128}, "5M": {"num_blocks": 4, "units": 256}}
 BATCH = 16
 
-sys.path.insert(0, str(REPO / "tests"))  # upstream.py: genuine checkpoints
-sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore")
 
 
@@ -74,9 +71,9 @@ def checkpoint(name: str) -> Path:
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / f"random-{name}.pth"
     if not path.exists():
-        import upstream
+        from jmattersim.testing import genuine_checkpoint
 
-        upstream.make_checkpoint(path, list(CONFIGS).index(name), **CONFIGS[name])
+        genuine_checkpoint(path, name)
     return path
 
 
@@ -99,9 +96,9 @@ def jm_model(name: str):
 
 @functools.cache
 def up_potential(name: str):
-    import upstream
+    from jmattersim.testing import upstream_potential
 
-    return upstream.load_potential(checkpoint(name))
+    return upstream_potential(checkpoint(name))
 
 
 @functools.cache
@@ -251,8 +248,8 @@ def model_flop_rate(model, frames: list, reps: int) -> dict:
     of each (padding included: the work the machine does) over their time."""
     import jax
 
-    from jmattersim import engine
-    from jmattersim.graph import structure_graph
+    from jmattersim._src import engine
+    from jmattersim._src.graph import structure_graph
 
     graphs = [structure_graph(a, model.config) for a in frames]
     params = model.astype(np.float32).params
@@ -279,12 +276,13 @@ def model_flop_rate(model, frames: list, reps: int) -> dict:
             "gflops": flops / seconds / 1e9}
 
 
-def seed_rows(name: str, n: int, seed: int, add) -> None:
+def inverse_design_rows(name: str, n: int, seed: int, add) -> None:
     """b1/b2 through forward_batch under jit, as the README writes it."""
     import jax
     import jax.numpy as jnp
 
     import jmattersim
+    from jmattersim._src.batch import atoms_arrays
 
     model = jm_model(name)
     frames = draw(n, seed + 4, max_atoms=64)
@@ -304,7 +302,7 @@ def seed_rows(name: str, n: int, seed: int, add) -> None:
 
         def run():
             for chunk in chunks:
-                at, pos, lat, sizes, _ = jmattersim.batch.atoms_arrays(chunk, model.config)
+                at, pos, lat, sizes, _ = atoms_arrays(chunk, model.config)
                 nbrs = jmattersim.neighbor_list(model, chunk)  # host, outside jit
                 grads = step(jnp.asarray(at, jnp.float32), jnp.asarray(pos, jnp.float32),
                              jnp.asarray(lat, jnp.float32), tuple(int(s) for s in sizes), nbrs)
@@ -313,7 +311,7 @@ def seed_rows(name: str, n: int, seed: int, add) -> None:
 
     for loss, label in ((False, "b1. E + grad(types, pos, lattice)"),
                         (True, "b2. grad of force+stress loss")):
-        fns = {"jm": jm(loss), "up": up_seed(name, chunks, loss)}
+        fns = {"jm": jm(loss), "up": up_inverse_design(name, chunks, loss)}
         t0 = time.perf_counter()
         fns["jm"]()
         compile_s = time.perf_counter() - t0
@@ -325,20 +323,20 @@ def seed_rows(name: str, n: int, seed: int, add) -> None:
             f"{n} frames (at most 64 atoms), batches of {BATCH}; first pass {compile_s:.0f} s")
 
 
-def up_seed(name: str, chunks: list, loss: bool) -> Callable[[], object]:
+def up_inverse_design(name: str, chunks: list, loss: bool) -> Callable[[], object]:
     """Upstream's model on the same batches in torch autograd; the graph of each
     batch built for it (as jmattersim's neighbour list is)."""
     import torch
     from mattersim.forcefield.potential import batch_to_dict
     from torch_geometric.data import Batch
 
-    import upstream
+    from jmattersim.testing import upstream_graph
 
     model = up_potential(name).model
     args = model.model_args
 
     def one(chunk):
-        data = [upstream.graph_data(a, args)[0] for a in chunk]
+        data = [upstream_graph(a, args)[0] for a in chunk]
         inp = batch_to_dict(Batch.from_data_list(data), device="cpu")
         numbers = inp["atom_attr"].squeeze(1).long()
         atom_types = torch.nn.functional.one_hot(numbers, model.max_z + 1).float()
@@ -495,7 +493,7 @@ def plan(quick: bool) -> dict:
         "configs": ["1M"] if quick else ["1M", "5M"],
         "predict_frames": 300 if quick else 1000,
         "steady_frames": 96 if quick else 200,
-        "seed_frames": 32 if quick else 64,
+        "inverse_design_frames": 32 if quick else 64,
         "first_pass": 40,
         "relax_frames": 16 if quick else 32,
         "relax_fmax": 0.002, "relax_steps": 500,
@@ -535,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer frames, 1M only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the frame draws")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="workloads: predict steady seed first_pass relax md")
+                        help="workloads: predict steady inverse_design first_pass relax md")
     parser.add_argument("--configs", nargs="*", default=None,
                         help="architectures (default: 1M and 5M; 1M with --quick)")
     parser.add_argument("--update-readme", action="store_true",
@@ -547,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.quick)
     if args.configs:
         p["configs"] = args.configs
-    only = set(args.only or ["predict", "steady", "seed", "first_pass", "relax", "md"])
+    only = set(args.only or ["predict", "steady", "inverse_design", "first_pass", "relax", "md"])
     rows: list[dict] = []
     runs: list[dict] = []
     kept: dict = {}
@@ -583,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
             predict_rows(name, p["predict_frames"], args.seed, add)
         if "steady" in only:
             steady_rows(name, p["steady_frames"], args.seed, p["reps"], add, info)
-        if "seed" in only:
-            seed_rows(name, p["seed_frames"], args.seed, add)
+        if "inverse_design" in only:
+            inverse_design_rows(name, p["inverse_design_frames"], args.seed, add)
     if "first_pass" in only:
         first_pass_rows("1M", p["first_pass"], args.seed, add)
     if "relax" in only:

@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from jmattersim.config import M3GNetConfig
+from jmattersim._src.config import M3GNetConfig
 
 from .convert import ConversionError, convert_file, fetch_pretrained
 from .mapping import table

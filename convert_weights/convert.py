@@ -20,11 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jmattersim.checkpoint import Model, atomic_directory, save_model
-from jmattersim.config import M3GNetConfig
-from jmattersim.model import basis
-from jmattersim.published import UPSTREAM_CACHE, UPSTREAM_URL, canonical_name
-from jmattersim.runtime import cache_dir
+from jmattersim._src.checkpoint import Model, atomic_directory, save_model
+from jmattersim._src.config import M3GNetConfig
+from jmattersim._src.model import basis
+from jmattersim._src.published import UPSTREAM_CACHE, UPSTREAM_URL, canonical_name
+from jmattersim._src.runtime import cache_dir
 
 from .mapping import flax_shapes, is_transposed, torch_key
 

@@ -1,31 +1,45 @@
 """jmattersim: MatterSim's M3GNet in JAX.
 
 Load a converted model, then use the ASE calculator, the batch API, or the pure,
-differentiable energy functions underneath them.
+differentiable energy functions underneath them. Units: eV, Å, eV/Å; stress in
+eV/Å³ where a field is called ``stress`` (ASE's unit), in GPa where it says so
+(``stress_gpa``) and in ``forward_batch``'s ``stresses`` (upstream's batch unit).
+
+The implementation lives in private modules (``jmattersim._src``); the names below,
+:mod:`jmattersim.jax_md` and :mod:`jmattersim.testing` are the public API.
 """
 
-from . import runtime
+from ._src import runtime as _runtime
 
-runtime.configure()  # a caching allocator and the persistent compile cache, before JAX runs
+_runtime.configure()  # a caching allocator and the persistent compile cache, before JAX runs
 
-from . import batch, engine, neighbors, sharding, validate  # noqa: E402
-from .batch import (  # noqa: E402
+from ._src.batch import (  # noqa: E402
     NeighborList,
     batch_index_to_sizes,
     forward_batch,
     neighbor_list,
+    neighbors_stale,
     sizes_to_batch_index,
 )
-from .calculator import MatterSimCalculator  # noqa: E402
-from .checkpoint import Model, init_model, save_model  # noqa: E402
-from .config import M3GNetConfig  # noqa: E402
-from .energy import batch_energy_fn, batch_properties_fn, energy_fn  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .io import load_model  # noqa: E402
-from .neighbors import TopologyCapacity, capacity_for  # noqa: E402
-from .padding import BatchBudget  # noqa: E402
-from .relax import relax  # noqa: E402
-from .validate import (  # noqa: E402
+from ._src.calculator import MatterSimCalculator  # noqa: E402
+from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
+from ._src.config import M3GNetConfig  # noqa: E402
+from ._src.energy import (  # noqa: E402
+    Predictions,
+    batch_energy_fn,
+    batch_properties_fn,
+    energy_fn,
+)
+from ._src.engine import LADDER  # noqa: E402
+from ._src.evaluate import Result, evaluate  # noqa: E402
+from ._src.io import load_model  # noqa: E402
+from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
+from ._src.padding import BatchBudget  # noqa: E402
+from ._src.published import PUBLISHED  # noqa: E402
+from ._src.relax import relax  # noqa: E402
+from ._src.sharding import graph_mesh  # noqa: E402
+from ._src.stream import predict_file  # noqa: E402
+from ._src.validate import (  # noqa: E402
     CapacityOverflowError,
     InvalidStructureError,
     check_arrays,
@@ -34,21 +48,29 @@ from .validate import (  # noqa: E402
     checked_energy_fn,
 )
 
-_LAZY = {"jax_md": "module", "md": "function"}  # jax-md takes seconds to import
+# Loaded on first use: jax-md takes seconds to import, torch more (testing).
+_LAZY = {"jax_md": ("jax_md", None), "md": ("jax_md", "md"), "testing": ("testing", None)}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        module = importlib.import_module(f".{name}", __name__)
-        value = module if _LAZY[name] == "module" else getattr(module, name)
+        module_name, attribute = _LAZY[name]
+        module = importlib.import_module(f".{module_name}", __name__)
+        value = module if attribute is None else getattr(module, attribute)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'jmattersim' has no attribute '{name}'")
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "LADDER",
+    "PUBLISHED",
     "BatchBudget",
     "CapacityOverflowError",
     "InvalidStructureError",
@@ -56,8 +78,9 @@ __all__ = [
     "MatterSimCalculator",
     "Model",
     "NeighborList",
+    "Predictions",
+    "Result",
     "TopologyCapacity",
-    "batch",
     "batch_energy_fn",
     "batch_index_to_sizes",
     "batch_properties_fn",
@@ -67,18 +90,18 @@ __all__ = [
     "checked",
     "checked_energy_fn",
     "energy_fn",
-    "engine",
     "evaluate",
     "forward_batch",
+    "graph_mesh",
     "init_model",
     "jax_md",
     "load_model",
     "md",
     "neighbor_list",
-    "neighbors",
+    "neighbors_stale",
+    "predict_file",
     "relax",
     "save_model",
-    "sharding",
     "sizes_to_batch_index",
-    "validate",
+    "testing",
 ]

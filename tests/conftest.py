@@ -8,7 +8,6 @@ share a few shapes.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import ase.io
@@ -17,8 +16,6 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 from hypothesis import HealthCheck, settings
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 # Property-test profiles: "ci" (default) and "long", chosen with
 # --hypothesis-profile=long or JMATTERSIM_HYPOTHESIS=long (registered here, before
@@ -84,12 +81,10 @@ def structures() -> dict[str, Atoms]:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Upstream-saved checkpoints (1M and 5M configs) with seeded random weights."""
-    upstream = pytest.importorskip("upstream")
+    testing = _upstream_testing()
     root = tmp_path_factory.mktemp("checkpoints")
-    return {
-        name: upstream.make_checkpoint(root / f"random-{name}.pth", seed, **args)
-        for seed, (name, args) in enumerate(upstream.CONFIGS.items())
-    }
+    return {name: testing.genuine_checkpoint(root / f"random-{name}.pth", name)
+            for name in ("1M", "5M")}
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +104,17 @@ def converted(checkpoints, tmp_path_factory) -> dict[str, Path]:
 def small_model(tmp_path_factory):
     """A small upstream-format model with seeded random weights (2 blocks, 16 units,
     max_l = max_n = 2), for tests of the MD and relaxation machinery, not numbers."""
-    upstream = pytest.importorskip("upstream")
-    path = upstream.make_checkpoint(tmp_path_factory.mktemp("small") / "small.pth", 3,
-                                    num_blocks=2, units=16, max_l=2, max_n=2)
+    testing = _upstream_testing()
+    path = testing.genuine_checkpoint(tmp_path_factory.mktemp("small") / "small.pth", "small")
     import jmattersim
 
     return jmattersim.load_model(path)
+
+
+def _upstream_testing():
+    """:mod:`jmattersim.testing`, skipping the test where torch or upstream is missing."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mattersim")
+    import jmattersim.testing
+
+    return jmattersim.testing

@@ -47,6 +47,6 @@ def test_predict_without_model_says_how(tmp_path):
 def test_version_is_the_installed_package_version():
     from importlib.metadata import version
 
-    out = subprocess.run([sys.executable, "-m", "jmattersim.cli", "--version"],
+    out = subprocess.run([sys.executable, "-m", "jmattersim", "--version"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"jmattersim {version('jmattersim')}"

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from convert_weights.cli import main  # noqa: E402
 from convert_weights.convert import ConversionError, convert_checkpoint  # noqa: E402
 from convert_weights.mapping import table  # noqa: E402
-from jmattersim.config import M3GNetConfig  # noqa: E402
-from jmattersim.io import load_model  # noqa: E402
+from jmattersim._src.config import M3GNetConfig  # noqa: E402
+from jmattersim._src.io import load_model  # noqa: E402
 
 
 def edited(src: pathlib.Path, dst: pathlib.Path, edit) -> pathlib.Path:

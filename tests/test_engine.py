@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import jmattersim
-from jmattersim import cli, engine
-from jmattersim.padding import BatchBudget, Counts
+from jmattersim._src import cli, engine
+from jmattersim._src.padding import BatchBudget, Counts
 
 from conftest import SHARED
 
@@ -126,7 +126,7 @@ def test_import_loads_no_torch_and_no_jax_md():
 
 
 def test_process_settings_and_their_switches(tmp_path):
-    code = ("import jax, jmattersim; s = jmattersim.runtime.configure(); "
+    code = ("import jax, jmattersim; from jmattersim._src import runtime; s = runtime.configure(); "
             "print(s['allocator_tuned'], s['compile_cache'], jax.config.jax_compilation_cache_dir)")
     tuned, cache, jax_dir = _python(code, JMATTERSIM_CACHE=str(tmp_path)).split()
     assert tuned == "True" and cache == jax_dir == str(tmp_path / "xla")
@@ -177,5 +177,5 @@ def test_no_module_imports_one_that_imports_it_back():
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
-    assert "jmattersim.engine" in graph["jmattersim"]
-    assert graph["jmattersim.geometry"] == set()
+    assert "jmattersim._src.engine" in graph["jmattersim"]
+    assert graph["jmattersim._src.geometry"] == set()

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jmattersim.energy as energy_module
-from jmattersim.config import M3GNetConfig
-from jmattersim.energy import energies, predict
-from jmattersim.graph import structure_graph
-from jmattersim.model import M3GNet, init_params
-from jmattersim.padding import pad, tight_budget, total_counts
+import jmattersim._src.energy as energy_module
+from jmattersim._src.config import M3GNetConfig
+from jmattersim._src.energy import energies, predict
+from jmattersim._src.graph import structure_graph
+from jmattersim._src.model import M3GNet, init_params
+from jmattersim._src.padding import pad, tight_budget, total_counts
 
 from conftest import mptrj_frames, special_structures
 

@@ -23,7 +23,7 @@ from ase.build import bulk
 from ase.neighborlist import primitive_neighbor_list
 
 import jmattersim
-from jmattersim.graph import structure_graph
+from jmattersim._src.graph import structure_graph
 from jmattersim.jax_md import (
     MatterSimNeighborList,
     atoms_to_jax_md,

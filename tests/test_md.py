@@ -10,6 +10,8 @@ has a binding curve with a minimum near a = 5.5 Å.
 
 from __future__ import annotations
 
+import warnings
+
 import ase.io
 import jax
 import numpy as np
@@ -18,8 +20,7 @@ from ase.build import bulk
 from jax_md import minimize, space
 
 import jmattersim
-from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list
-from jmattersim.md import md
+from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list, md
 
 
 def si64():
@@ -64,6 +65,19 @@ def test_overflow_detected_reallocated_and_redone(small_model):
     np.testing.assert_allclose(tight_final.positions, ample_final.positions, atol=1e-8)
     np.testing.assert_allclose(tight["conserved"], ample["conserved"], atol=1e-8)
     assert np.ptp(tight["conserved"]) / 64 < 1e-4
+
+
+def test_cell_list_under_x64_warns_nothing(small_model):
+    """jax-md's cell list yields int64 candidates under x64 and scatters them into an
+    int32 list (a FutureWarning, an error in later JAX); our list casts them first."""
+    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(4)
+    with jax.enable_x64(True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        R, box, species = atoms_to_jax_md(atoms)
+        neighbor_fn, _ = mattersim_neighbor_list(small_model, box, species)
+        nbrs = neighbor_fn.allocate(R)
+        nbrs = jax.jit(neighbor_fn.update)(R + 0.01, nbrs)
+    assert nbrs.capacity.method == "cell_list" and not bool(nbrs.did_buffer_overflow)
 
 
 @pytest.mark.parametrize("method_cell", [("images", 1), ("cell_list", 4)])

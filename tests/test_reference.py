@@ -15,7 +15,7 @@ import pytest
 from ase import Atoms
 
 import jmattersim
-from jmattersim.published import UPSTREAM_CACHE
+from jmattersim._src.published import UPSTREAM_CACHE
 
 from conftest import SHARED
 

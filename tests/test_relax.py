@@ -19,7 +19,7 @@ from ase.optimize import FIRE
 from ase.units import GPa
 
 import jmattersim
-from jmattersim.relax import relax
+from jmattersim import relax
 
 from conftest import MPTRJ
 

@@ -14,7 +14,7 @@ import ase.io
 import pytest
 
 import jmattersim
-from jmattersim.config import M3GNetConfig
+from jmattersim._src.config import M3GNetConfig
 
 from conftest import MPTRJ
 

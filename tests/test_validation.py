@@ -16,11 +16,11 @@ from ase import Atoms
 from ase.build import bulk
 
 import jmattersim
-from jmattersim.cli import main as cli_main
-from jmattersim.config import M3GNetConfig
-from jmattersim.energy import energy_fn
-from jmattersim.neighbors import capacity_for
-from jmattersim.validate import (
+from jmattersim._src.cli import main as cli_main
+from jmattersim._src.config import M3GNetConfig
+from jmattersim._src.energy import energy_fn
+from jmattersim._src.neighbors import capacity_for
+from jmattersim._src.validate import (
     CapacityOverflowError,
     InvalidStructureError,
     check_arrays,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,43 +15,17 @@ import torch.nn.functional as F
 from ase import Atoms
 
 warnings.filterwarnings("ignore", module="mattersim")
-from mattersim.datasets.utils.convertor import GraphConvertor  # noqa: E402
-from mattersim.forcefield.potential import Potential, batch_to_dict  # noqa: E402
+from mattersim.forcefield.potential import batch_to_dict  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 
-from jmattersim.examples import random_checkpoint  # noqa: E402
+from jmattersim.testing import ARCHITECTURES  # noqa: E402
+from jmattersim.testing import upstream_graph as graph_data  # noqa: E402
 
-CONFIGS = {
-    "1M": {"num_blocks": 3, "units": 128},  # mattersim-v1.0.0-1M
-    "5M": {"num_blocks": 4, "units": 256},  # mattersim-v1.0.0-5M
-}
-
-
-def make_checkpoint(path: Path, seed: int, **model_args) -> Path:
-    """Upstream's M3Gnet with seeded random weights, saved by ``Potential.save``
-    (see :func:`jmattersim.examples.random_checkpoint`: a gain that keeps
-    activations of order one; random per-element scale and shift)."""
-    return random_checkpoint(path, seed, **model_args)
-
-
-def load_potential(path: Path) -> Potential:
-    return Potential.from_checkpoint(str(path), device="cpu", load_training_state=False)
-
-
-def graph_data(atoms: Atoms, model_args: dict):
-    """Upstream's graph of ``atoms``, and the atoms as upstream normalises them
-    (wrapped into the cell; a molecule put into its cubic box)."""
-    normalised = atoms.copy()
-    convertor = GraphConvertor("m3gnet", model_args["cutoff"], True,
-                               model_args["threebody_cutoff"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = convertor.convert(normalised)
-    return data, normalised
+CONFIGS = {name: ARCHITECTURES[name] for name in ("1M", "5M")}
 
 
 @contextlib.contextmanager
-def _float64(potential: Potential):
+def _float64(potential):
     """Makes upstream 1.2.3 run in float64 (it casts pbc_offsets and the one-hot
     to float32): a dtype-unifying einsum, and a one-hot in the weights' dtype."""
     model = potential.model
@@ -73,7 +46,7 @@ def _float64(potential: Potential):
         del model.one_hot_atoms
 
 
-def predict(potential: Potential, atoms: Atoms, float64: bool = False) -> dict:
+def predict(potential, atoms: Atoms, float64: bool = False) -> dict:
     """Upstream energy (eV), forces (eV/Å), stress (GPa, 3x3) and graph sizes.
 
     Positions and cell enter in float64 where asked (upstream's graph builder

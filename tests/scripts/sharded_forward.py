@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 import jmattersim
-from jmattersim import sharding
+from jmattersim._src import sharding
 
 model_dir, data = sys.argv[1], sys.argv[2]
 frames = ase.io.read(data, index=":40")[::3]  # 14 frames of varied sizes

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from . import sharding
+from .arrays import default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
 from .energy import Predictions, predict
@@ -55,11 +56,6 @@ class Evaluation(NamedTuple):
     energy: float
     forces: np.ndarray | None
     stress: np.ndarray | None
-
-
-def default_dtype():
-    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
-    return np.float64 if jax.config.read("jax_enable_x64") else np.float32
 
 
 # ------------------------------------------------------------------------------ budgets
@@ -226,7 +222,7 @@ def run(model: Model, graphs: Sequence[StructureGraph], *, derivatives: bool = T
     Calls run one at a time (on a CPU, overlapping calls slow each other down and
     each holds its own working memory). With ``mesh`` (several devices), groups of
     one budget run ``mesh.size`` at a time, one per device."""
-    dtype = np.dtype(dtype or default_dtype())
+    dtype = np.dtype(dtype or default_float())
     ladder = LADDER if ladder is None else tuple(ladder)
     config = model.config
     params = model.astype(dtype).params

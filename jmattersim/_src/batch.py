@@ -31,6 +31,7 @@ import numpy as np
 from ase import Atoms
 
 from . import engine
+from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies
@@ -39,8 +40,6 @@ from .graph import StructureGraph, graph_of
 from .neighbors import Topology, TopologyCapacity, bucket_up
 from .padding import BatchBudget, pad, tight_budget, total_counts
 from .validate import check_arrays, structure_label
-
-Array = jnp.ndarray
 
 
 def sizes_to_batch_index(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -167,7 +166,7 @@ def neighbor_list(
                        skin=skin) for g in range(len(sizes))]
     total = total_counts(graphs)
     budget = tight_budget(total) if budget is None else budget
-    dtype = engine.default_dtype()
+    dtype = default_float()
     batch = pad(graphs, budget, config, dtype)
     g = batch.graph
     return NeighborList(

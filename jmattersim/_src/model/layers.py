@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Array = jnp.ndarray
+from ..arrays import Array
 
 # Upstream disables TF32; full-precision float32 matmuls keep GPU results at parity.
 PRECISION = jax.lax.Precision.HIGHEST

@@ -13,7 +13,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-Array = jnp.ndarray
+from ..arrays import Array
 
 # Upstream's literals (SmoothBesselBasis); not math.pi, to reproduce its buffers.
 _PI = 3.1415926535897

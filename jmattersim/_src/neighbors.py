@@ -28,12 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
+from .arrays import Array
 from .config import M3GNetConfig
 from .geometry import candidate_pairs, image_range
 from .graph import neighbors_in_threebody, structure_graph
 from .padding import bucket
-
-Array = jnp.ndarray
 
 
 class Topology(NamedTuple):

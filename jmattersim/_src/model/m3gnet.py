@@ -17,11 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..arrays import Array
 from ..config import M3GNetConfig
 from . import basis
 from .layers import MLP, FastGatedMLP, GatedMLP, dense
-
-Array = jnp.ndarray
 
 
 class ModelInputs(NamedTuple):

@@ -9,6 +9,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ase.units import GPa
 
 from . import engine
+from .arrays import default_float
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
 from .io import load_model
@@ -46,7 +47,7 @@ class MatterSimCalculator(Calculator):
         if not isinstance(model, Model):
             model = load_model(model)
         self.model = model
-        self.dtype = np.dtype(dtype or engine.default_dtype())
+        self.dtype = np.dtype(dtype or default_float())
         self.compute_stress = compute_stress
         self.stress_weight = stress_weight
         self.ladder = ladder

@@ -18,11 +18,13 @@ from .validate import checked_graphs
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """energy eV; forces (N, 3) eV/Å; stress (3, 3) GPa (upstream's batch unit)."""
+    """One structure's energy (eV), forces (N, 3) in eV/Å and stress (3, 3) in GPa
+    (the unit of upstream's batch API; ASE's sign: positive under tension). Multiply
+    by ``ase.units.GPa`` for ASE's eV/Å³."""
 
     energy: float
     forces: np.ndarray
-    stress: np.ndarray
+    stress_gpa: np.ndarray
 
 
 def evaluate(model: Model, structures: Iterable[Atoms], dtype=None,

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import jraph
 from ase.units import GPa
 
+from .arrays import Array
 from .config import M3GNetConfig
 from .model import M3GNet, ModelInputs
 from .neighbors import Topology, TopologyCapacity, topology
 from .padding import Batch
 
-Array = jnp.ndarray
 Params = Any  # Flax variables: {"params": ..., "constants": ...}
 
 EV_PER_A3_TO_GPA = 1.0 / GPa

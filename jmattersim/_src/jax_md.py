@@ -1,0 +1,394 @@
+"""MatterSim on jax-md: neighbour lists with integer image shifts, exact for every cell.
+
+Conventions (jax-md's): positions ``R`` (N, 3) are *fractional* coordinates and
+``box`` (3, 3) maps them to Cartesian Å as ``box @ r``, so ``box = atoms.cell.T``
+and ``R = atoms.get_scaled_positions()``; ``space.periodic_general(box,
+fractional_coordinates=True)`` is the matching space. Gradients with respect to
+``R`` are Cartesian (jax-md's ``space.transform`` custom JVP), so ``-grad(energy_fn)``
+is the force in eV/Å and the integrators' momenta are Cartesian (amu Å / time unit,
+time unit = Å sqrt(amu/eV) = ``1 / ase.units.fs`` fs).
+
+MatterSim's edge (i, j, n) has vector ``r_i - (r_j + n @ cell)`` = ``box @ (R_i - R_j - n)``.
+Two ways to list them, chosen from the cell at each allocation:
+
+- ``"cell_list"``: every perpendicular width of the cell exceeds ``2 (cutoff + skin)``
+  and the cell is periodic in all three directions. The minimum image is then the
+  only image within reach, and jax-md's ``partition.neighbor_list`` (fractional cell
+  list, ``Dense`` format, O(N)) finds the pairs; the image of each pair is
+  ``n = round(R_i - R_j)``. jax-md's fractional cell list wants an upper-triangular
+  box, so it sees the triangular factor of ``box = Q U`` (same distances).
+- ``"images"``: otherwise (short cells, needles, slabs with ``pbc`` False along an
+  axis): every pair of atoms is tried against every lattice image in a static range
+  ``|n_k| <= ceil((cutoff + skin) / width_k)`` (periodic axes only). O(N^2 M).
+
+The list holds every pair within ``cutoff + skin`` and, with their own capacity, the
+triplets of bonds within ``threebody_cutoff + skin``; :func:`mattersim_neighbor_list`'s
+energy keeps the edges within the cutoffs at the positions it is given, so a list
+stays valid until some atom has moved ``skin / 2``. Capacities are static; too small a
+capacity (or a box deformed beyond what the list assumed) sets ``did_buffer_overflow``,
+and the caller re-allocates (see :func:`jmattersim.md.md`).
+"""
+
+from __future__ import annotations
+
+import dataclasses as pydc
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_md import dataclasses, partition, space
+
+from .arrays import Array, default_float
+from .checkpoint import Model
+from .energy import energies
+from .neighbors import Topology, build_triplets
+
+
+@pydc.dataclass(frozen=True)
+class NeighborListCapacity:
+    """Static sizes of a MatterSim neighbour list.
+
+    method: "images" or "cell_list"; max_edges: pairs within cutoff + skin (images
+    method; the cell list has jax-md's own capacity); max_neighbors: bonds per atom
+    within threebody_cutoff + skin; max_triplets: ordered bond pairs; images: largest
+    |n_k| tried per lattice vector (images method).
+    """
+
+    method: str
+    max_edges: int
+    max_neighbors: int
+    max_triplets: int
+    images: tuple[int, int, int] = (0, 0, 0)
+
+
+@dataclasses.dataclass
+class MatterSimNeighborList:
+    """MatterSim's topology, as a jax-md style neighbour list (a pytree).
+
+    senders, receivers (E,) int32; shifts (E, 3) image n (float, integer-valued);
+    edge_mask (E,) bool; triplets (T, 2) edge indices (ij, ik); triplet_mask (T,);
+    reference_position (N, 3) fractional; error () bool, sticky: True once a
+    capacity overflowed; inner: jax-md's ``NeighborList`` (cell-list method) or None.
+    """
+
+    senders: Array
+    receivers: Array
+    shifts: Array
+    edge_mask: Array
+    triplets: Array
+    triplet_mask: Array
+    reference_position: Array
+    error: Array
+    inner: Any
+    capacity: NeighborListCapacity = dataclasses.static_field()
+    update_fn: Callable = dataclasses.static_field()
+
+    def update(self, position: Array, **kwargs) -> MatterSimNeighborList:
+        return self.update_fn(position, self, **kwargs)
+
+    @property
+    def did_buffer_overflow(self) -> Array:
+        return self.error
+
+
+@dataclasses.dataclass
+class NeighborFns:
+    """``allocate(R, box=None, extra_capacity=0)`` (host, not jittable) and
+    ``update(R, nbrs, box=None)`` (jittable), as jax-md's ``NeighborListFns``."""
+
+    allocate: Callable = dataclasses.static_field()
+    update: Callable = dataclasses.static_field()
+
+    def __iter__(self):
+        return iter((self.allocate, self.update))
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def perpendicular_widths(box: Array, xp=np) -> Array:
+    """(3,) distances between opposite faces of the cell spanned by the columns of ``box``."""
+    a, b, c = box[:, 0], box[:, 1], box[:, 2]
+    volume = xp.abs(xp.dot(a, xp.cross(b, c)))
+    areas = xp.stack([xp.linalg.norm(xp.cross(b, c)), xp.linalg.norm(xp.cross(c, a)),
+                      xp.linalg.norm(xp.cross(a, b))])
+    return volume / areas
+
+
+def image_range(box: Array, cutoff: float, pbc: Sequence[bool], xp=np) -> Array:
+    """(3,) largest |n_k| that can hold a pair within ``cutoff`` (0 on open axes)."""
+    needed = xp.ceil(cutoff / perpendicular_widths(box, xp)).astype(int)
+    return xp.where(xp.asarray(pbc), needed, 0)
+
+
+def upper_triangular(box: Array) -> Array:
+    """U with box = Q U, Q orthogonal and diag(U) > 0: the same metric, the box
+    shape jax-md's fractional cell list requires."""
+    _, u = jnp.linalg.qr(box)
+    sign = jnp.where(jnp.diag(u) < 0, -1.0, 1.0).astype(u.dtype)
+    return sign[:, None] * u
+
+
+def choose_method(box: np.ndarray, cutoff: float, pbc: Sequence[bool]) -> str:
+    """"cell_list" when the minimum image is exact (all widths > 2 cutoff, all
+    periodic), "images" otherwise."""
+    ok = all(pbc) and bool(np.all(perpendicular_widths(np.asarray(box)) > 2 * cutoff))
+    return "cell_list" if ok else "images"
+
+
+def _image_table(images: Sequence[int]) -> np.ndarray:
+    ranges = [range(-int(k), int(k) + 1) for k in images]
+    return np.array(list(itertools.product(*ranges)), dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure, jittable building blocks
+
+
+def image_edges(
+    position: Array, box: Array, cutoff: float, pbc: Sequence[bool], images: Sequence[int],
+    max_edges: int, node_mask: Array | None = None,
+) -> tuple[Array, Array, Array, Array, Array, Array]:
+    """Every (i, j, n) with |box @ (R_i - R_j - n)| < cutoff, no self pair at n = 0.
+
+    position (N, 3) fractional; box (3, 3); images: static |n_k| range per axis.
+    Returns senders, receivers (max_edges,) int32 (sender-major), shifts (max_edges, 3)
+    float, edge_mask, squared lengths (max_edges,) Å^2 and overflow () bool.
+    """
+    n = position.shape[0]
+    dtype = position.dtype
+    if node_mask is None:
+        node_mask = jnp.ones(n, bool)
+    position = jax.lax.stop_gradient(position)
+    box = jax.lax.stop_gradient(box)
+    periodic = jnp.asarray(pbc)
+    wrap = jnp.where(periodic, jnp.floor(position), 0.0)
+    frac = position - wrap
+    table = _image_table(images)
+    zero = int(np.flatnonzero((table == 0).all(axis=1))[0])
+    diff = frac[:, None, None, :] - frac[None, :, None, :] - jnp.asarray(table, dtype)[None, None]
+    vec = jnp.einsum("abmk,jk->abmj", diff, box)  # (N, N, M, 3) Cartesian
+    d2 = jnp.sum(vec * vec, axis=-1)
+    same = jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(len(table)) == zero)[None, None]
+    within = node_mask[:, None, None] & node_mask[None, :, None] & ~same & (d2 < cutoff**2)
+    flat = within.reshape(-1)
+    count = jnp.sum(flat)
+    (idx,) = jnp.nonzero(flat, size=max_edges, fill_value=0)
+    mask = jnp.arange(max_edges) < count
+    a, b, m = jnp.unravel_index(idx, within.shape)
+    shifts = jnp.asarray(table, dtype)[m] + wrap[a] - wrap[b]
+    shifts = jnp.where(mask[:, None], shifts, 0.0)
+    needed = image_range(box, cutoff, pbc, xp=jnp)
+    overflow = (count > max_edges) | jnp.any(needed > jnp.asarray(images))
+    return (a.astype(jnp.int32), b.astype(jnp.int32), shifts, mask,
+            jnp.where(mask, d2.reshape(-1)[idx], jnp.inf), overflow)
+
+
+def cell_list_edges(
+    position: Array, box: Array, idx: Array
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Edges from a jax-md ``Dense`` neighbour index (N, K) (fill value N), minimum image.
+
+    Returns senders, receivers (N K,) int32, shifts (N K, 3) = round(R_i - R_j),
+    edge_mask and squared lengths (Å^2, inf where masked).
+    """
+    n, k = idx.shape
+    position = jax.lax.stop_gradient(position)
+    senders = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
+    receivers = idx.reshape(-1).astype(jnp.int32)
+    mask = receivers < n
+    receivers = jnp.where(mask, receivers, 0)
+    diff = position[senders] - position[receivers]
+    shifts = jnp.where(mask[:, None], jnp.floor(diff + 0.5), 0.0)
+    vec = (diff - shifts) @ jax.lax.stop_gradient(box).T
+    d2 = jnp.where(mask, jnp.sum(vec * vec, axis=-1), jnp.inf)
+    return senders, receivers, shifts, mask, d2
+
+
+def neighbor_energy(
+    model: Model, atom_types: Array, position: Array, box: Array, nbrs: MatterSimNeighborList,
+    perturbation: Array | None = None, n_real: Array | None = None, soft_normalize: bool = True,
+    remat: bool = True,
+) -> Array:
+    """Total energy (eV) of one structure from a :class:`MatterSimNeighborList`.
+
+    atom_types (N, max_z+1); position (N, 3) fractional; box (3, 3) columns are
+    lattice vectors; perturbation (3, 3) optional, jax-md's: Cartesian vectors become
+    ``perturbation @ v``. n_real: atoms after the first n_real are padding (ignored).
+    remat: recompute each interaction block in the backward pass (same numbers; on
+    CPU it is also faster for large cells, which are bound by memory traffic).
+    """
+    config = model.config
+    n = position.shape[0]
+    real = space.transform(box, position)  # Cartesian; d/dR is Cartesian (custom JVP)
+    lattice = box.T[None]
+    vec = jax.lax.stop_gradient(
+        real[nbrs.senders] - real[nbrs.receivers] - nbrs.shifts @ box.T)
+    d2 = jnp.sum(vec * vec, axis=-1)
+    edge_mask = nbrs.edge_mask & (d2 < config.cutoff**2)
+    in3 = edge_mask & (d2 <= config.threebody_cutoff**2)
+    triplet_mask = nbrs.triplet_mask & in3[nbrs.triplets[:, 0]] & in3[nbrs.triplets[:, 1]]
+    topo = Topology(nbrs.senders, nbrs.receivers, nbrs.shifts, edge_mask, nbrs.triplets,
+                    triplet_mask, nbrs.error)
+    strain = None
+    if perturbation is not None:  # scalar (isotropic, as jax-md's NPT) or (3, 3)
+        eye = jnp.eye(3, dtype=real.dtype)
+        p = jnp.asarray(perturbation, real.dtype)
+        strain = ((p * eye if p.ndim == 0 else p) - eye).T[None]
+    n_node = jnp.array([n]) if n_real is None else jnp.stack([n_real, n - n_real])
+    if n_real is not None:
+        lattice = jnp.concatenate([lattice, jnp.eye(3, dtype=box.dtype)[None]])
+        if strain is not None:
+            strain = jnp.concatenate([strain, jnp.zeros_like(strain)])
+    e = energies(config, model.params, atom_types, real, lattice, n_node, topo, strain,
+                 soft_normalize, remat)
+    return e[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The jax-md interface
+
+
+def _as_int32(idx: Array) -> Array:
+    """jax-md's candidate indices in int32: under x64 its cell list yields int64, which
+    it then scatters into an int32 list (a FutureWarning now, an error in later JAX)."""
+    return idx.astype(jnp.int32)
+
+
+def one_hot(species: Array, num_species: int, dtype) -> Array:
+    return jax.nn.one_hot(jnp.asarray(species), num_species, dtype=dtype)
+
+
+def mattersim_neighbor_list(
+    model: Model,
+    box: Array,
+    species: Array,
+    *,
+    pbc: Sequence[bool] = (True, True, True),
+    dr_threshold: float = 0.25,
+    capacity_multiplier: float = 1.25,
+    method: str | None = None,
+    soft_normalize: bool = True,
+    remat: bool = True,
+    dtype=None,
+) -> tuple[NeighborFns, Callable[..., Array]]:
+    """MatterSim's neighbour list and energy in jax-md's conventions.
+
+    model: a :class:`jmattersim.Model`; box (3, 3) Å, ``atoms.cell.T`` (columns are
+    lattice vectors); species (N,) atomic numbers; pbc: periodic axes (open axes need
+    the "images" method); dr_threshold: skin in Å (pairs within cutoff + skin are
+    listed; the list holds until an atom moves skin / 2; the model runs on every
+    listed pair, those beyond the cutoff masked, so a thin skin is cheaper and a
+    list updated every step needs little); capacity_multiplier:
+    headroom of every capacity; method: "images", "cell_list" or None (chosen from the
+    cell at each allocation, see the module notes). remat: recompute each
+    interaction block in the backward pass (``jax.checkpoint``): the same forces
+    with a fraction of the memory; on CPU it keeps the cost per atom flat up to
+    8000 atoms, where storing the blocks is slower. dtype: float64 under x64,
+    float32 otherwise.
+
+    Returns ``(neighbor_fn, energy_fn)``: ``nbrs = neighbor_fn.allocate(R)``,
+    ``nbrs = nbrs.update(R)`` (or ``neighbor_fn.update(R, nbrs, box=box)`` for a
+    changing box), and ``energy_fn(R, neighbor=nbrs, box=box, perturbation=None)``
+    -> eV, for ``R`` (N, 3) fractional. Check ``nbrs.did_buffer_overflow`` and
+    re-allocate, as with jax-md's lists.
+    """
+    dtype = dtype or default_float()
+    config = model.config
+    model = model.astype(dtype)
+    pbc = tuple(bool(p) for p in pbc)
+    box0 = jnp.asarray(box, dtype)
+    species = jnp.asarray(species)
+    atom_types = one_hot(species, config.num_species, dtype)
+    n_atoms = species.shape[0]
+    r2 = config.cutoff + dr_threshold
+    r3 = config.threebody_cutoff + dr_threshold
+
+    def inner_fns(b, capacity_multiplier):
+        displacement, _ = space.periodic_general(upper_triangular(b), fractional_coordinates=True)
+        return partition.neighbor_list(
+            displacement, upper_triangular(b), r2, dr_threshold=dr_threshold,
+            capacity_multiplier=capacity_multiplier, fractional_coordinates=True,
+            format=partition.NeighborListFormat.Dense, custom_mask_function=_as_int32)
+
+    def build(position, nbrs_inner, capacity, b):
+        """Edges and triplets at ``position``, for a given capacity (jittable)."""
+        if capacity.method == "cell_list":
+            nbrs_inner = nbrs_inner.update(position, box=upper_triangular(b))
+            s, r, shifts, mask, d2 = cell_list_edges(position, b, nbrs_inner.idx)
+            widths = perpendicular_widths(b, jnp)
+            over = (nbrs_inner.did_buffer_overflow.astype(bool)
+                    | nbrs_inner.cell_size_too_small.astype(bool) | jnp.any(widths <= 2 * r2))
+        else:
+            s, r, shifts, mask, d2, over = image_edges(
+                position, b, r2, pbc, capacity.images, capacity.max_edges)
+        trip, tmask, tover = build_triplets(s, d2, mask, n_atoms, r3, capacity.max_neighbors,
+                                            capacity.max_triplets)
+        return s, r, shifts, mask, trip, tmask, over | tover, nbrs_inner
+
+    def update(position: Array, nbrs: MatterSimNeighborList, box: Array | None = None,
+               **unused) -> MatterSimNeighborList:
+        b = box0 if box is None else jnp.asarray(box, dtype)
+        s, r, shifts, mask, trip, tmask, over, inner = build(position, nbrs.inner,
+                                                             nbrs.capacity, b)
+        return MatterSimNeighborList(s, r, shifts, mask, trip, tmask, position,
+                                     nbrs.error | over, inner, nbrs.capacity, update)
+
+    update_jit = jax.jit(update)
+
+    def allocate(position: Array, box: Array | None = None, extra_capacity: int = 0,
+                 capacity_multiplier: float = capacity_multiplier,
+                 **unused) -> MatterSimNeighborList:
+        """A list sized for ``position`` with ``capacity_multiplier`` headroom (host)."""
+        position = jnp.asarray(position, dtype)
+        b = box0 if box is None else jnp.asarray(box, dtype)
+        m = method or choose_method(np.asarray(b), r2, pbc)
+        if m == "cell_list" and not all(pbc):
+            raise ValueError("the cell-list method needs pbc along all three axes")
+        inner = None
+        if m == "cell_list":
+            inner = inner_fns(b, capacity_multiplier).allocate(
+                position, box=upper_triangular(b), extra_capacity=extra_capacity)
+            # jax-md keeps the cell size as an array in a static field; make it hashable
+            inner = dataclasses.replace(inner, cell_size=float(inner.cell_size))
+            images, max_edges = (0, 0, 0), 0
+            s, r, shifts, mask, d2 = cell_list_edges(position, b, inner.idx)
+        else:
+            images = tuple(int(k) for k in image_range(np.asarray(b), r2, pbc))
+            big = n_atoms * n_atoms * math.prod(2 * k + 1 for k in images)
+            s, r, shifts, mask, d2, _ = image_edges(position, b, r2, pbc, images, big)
+            max_edges = math.ceil(int(mask.sum()) * capacity_multiplier) + 1 + extra_capacity
+        in3 = np.asarray(mask & (d2 <= r3**2))
+        per_atom = np.bincount(np.asarray(s)[in3], minlength=n_atoms)
+        capacity = NeighborListCapacity(
+            method=m, max_edges=max_edges,
+            max_neighbors=math.ceil(per_atom.max(initial=0) * capacity_multiplier) + 1,
+            max_triplets=math.ceil(int((per_atom * (per_atom - 1)).sum())
+                                   * capacity_multiplier) + 1,
+            images=images)
+        empty = MatterSimNeighborList(
+            None, None, None, None, None, None, position, jnp.asarray(False), inner, capacity,
+            update)
+        return update_jit(position, empty, box=b)
+
+    def energy_fn(position: Array, neighbor: MatterSimNeighborList, box: Array | None = None,
+                  perturbation: Array | None = None, **unused) -> Array:
+        b = box0 if box is None else box
+        return neighbor_energy(model, atom_types, position, b, neighbor, perturbation,
+                               soft_normalize=soft_normalize, remat=remat)
+
+    return NeighborFns(allocate, update), energy_fn
+
+
+def atoms_to_jax_md(atoms, dtype=None) -> tuple[Array, Array, Array]:
+    """(R fractional (N, 3), box = cell.T (3, 3), species (N,)) of an ASE structure."""
+    dtype = dtype or default_float()
+    cell = np.asarray(atoms.cell.array, float)
+    frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, float).T).T
+    return (jnp.asarray(frac, dtype), jnp.asarray(cell.T, dtype),
+            jnp.asarray(atoms.numbers, jnp.int32))
