@@ -35,8 +35,10 @@ def main() -> None:
         from mattersim.forcefield.potential import MatterSimCalculator, Potential
 
         imported = time.perf_counter()
-        calc = MatterSimCalculator(Potential.from_checkpoint(
-            args.model, device="cpu", load_training_state=False), device="cpu")
+        calc = MatterSimCalculator(
+            Potential.from_checkpoint(args.model, device="cpu", load_training_state=False),
+            device="cpu",
+        )
     loaded = time.perf_counter()
     frames = ase.io.read(args.frames, index=":" if args.count is None else f":{args.count}")
     passes = []
@@ -47,9 +49,17 @@ def main() -> None:
             atoms.calc = calc
             atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
         passes.append(time.perf_counter() - t)
-    print(json.dumps({"import": imported - START, "load": loaded - imported,
-                      "first_pass": passes[0], "second_pass": passes[1],
-                      "frames": len(frames)}))
+    print(
+        json.dumps(
+            {
+                "import": imported - START,
+                "load": loaded - imported,
+                "first_pass": passes[0],
+                "second_pass": passes[1],
+                "frames": len(frames),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

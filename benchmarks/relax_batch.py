@@ -53,25 +53,41 @@ def main() -> None:
         from mattersim.applications.batch_relax import BatchRelaxer
         from mattersim.forcefield.potential import Potential
 
-        potential = Potential.from_checkpoint(args.model, device="cpu",
-                                              load_training_state=False)
+        potential = Potential.from_checkpoint(args.model, device="cpu", load_training_state=False)
         t = time.perf_counter()
-        relaxer = BatchRelaxer(potential, optimizer="FIRE", filter="FrechetCellFilter",
-                               fmax=args.fmax, max_n_steps=args.steps)
+        relaxer = BatchRelaxer(
+            potential,
+            optimizer="FIRE",
+            filter="FrechetCellFilter",
+            fmax=args.fmax,
+            max_n_steps=args.steps,
+        )
         trajectories = relaxer.relax(frames)
         relaxed = time.perf_counter() - t
         converged, failed, steps = 0, 0, []  # BatchRelaxer has no failed status
         for k in range(len(frames)):
             last = trajectories[k][-1]
-            last.calc = SinglePointCalculator(last, energy=last.info["total_energy"],
-                                              forces=last.arrays["forces"],
-                                              stress=last.info["stress"] * GPa)
+            last.calc = SinglePointCalculator(
+                last,
+                energy=last.info["total_energy"],
+                forces=last.arrays["forces"],
+                stress=last.info["stress"] * GPa,
+            )
             converged += converged_like_ase(last, args.fmax)
             steps.append(len(trajectories[k]) - 1)
-    print(json.dumps({"relax": relaxed, "total": time.perf_counter() - START,
-                      "converged": int(converged), "failed": int(failed),
-                      "frames": len(frames), "mean_steps": float(np.mean(steps)),
-                      "structure_steps": int(np.sum(steps))}))
+    print(
+        json.dumps(
+            {
+                "relax": relaxed,
+                "total": time.perf_counter() - START,
+                "converged": int(converged),
+                "failed": int(failed),
+                "frames": len(frames),
+                "mean_steps": float(np.mean(steps)),
+                "structure_steps": int(np.sum(steps)),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

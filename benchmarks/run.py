@@ -19,7 +19,7 @@ upstream's ``Potential.save``; converted by ``jmattersim-convert``).
   against upstream's ``predict_properties`` (its best batch size) and upstream's
   ASE calculator. XLA's FLOP count gives the rate of the model work.
 - inverse_design: the inverse-design workload through ``forward_batch`` under ``jit``/``grad``
-  as the README writes it (a host neighbour list, then ``jax.grad``), batches of
+  as the user guide writes it (a host neighbour list, then ``jax.grad``), batches of
   16: energy and its gradient in atom types, positions and lattice (b1), and the
   gradient of a force-and-stress loss (b2); upstream: its model in torch autograd.
 - first pass: a fresh process running 40 different structures through the ASE
@@ -143,8 +143,9 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
     wall time (``child_wall``, s), its resident high-water mark (``peak_mib``) and
     the last JSON line the command printed."""
     wrapper = [sys.executable, str(HERE / "run.py"), "--measure", "--", *cmd]
-    proc = subprocess.run(wrapper, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        wrapper, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -157,8 +158,7 @@ def measure_child(cmd: list[str]) -> None:
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
     wall = time.perf_counter() - t
-    report = next((json.loads(line) for line in out.splitlines()[::-1]
-                   if line.startswith("{")), {})
+    report = next((json.loads(line) for line in out.splitlines()[::-1] if line.startswith("{")), {})
     print(json.dumps({**report, "child_wall": wall, "peak_mib": usage.ru_maxrss / 1024}))
     sys.exit(os.waitstatus_to_exitcode(status))
 
@@ -174,18 +174,47 @@ def predict_rows(name: str, n: int, seed: int, add) -> None:
     src = write_frames(draw(n, seed), f"predict-{n}-{seed}.extxyz")
     cache = Path(tempfile.mkdtemp(prefix="xla-", dir=WORK))
     env = {"JMATTERSIM_COMPILE_CACHE": str(cache)}
-    jm_cmd = [jm_cli(), "predict", str(src), "--model", str(model_dir(name)), "--out",
-              str(WORK / "jm.extxyz"), "--quiet", "--restart"]
-    up_cmd = [sys.executable, str(HERE / "upstream_predict.py"), str(src),
-              str(checkpoint(name)), str(WORK / "up.extxyz")]
+    jm_cmd = [
+        jm_cli(),
+        "predict",
+        str(src),
+        "--model",
+        str(model_dir(name)),
+        "--out",
+        str(WORK / "jm.extxyz"),
+        "--quiet",
+        "--restart",
+    ]
+    up_cmd = [
+        sys.executable,
+        str(HERE / "upstream_predict.py"),
+        str(src),
+        str(checkpoint(name)),
+        str(WORK / "up.extxyz"),
+    ]
     cold = measured(jm_cmd, env)
     warm = measured(jm_cmd, env)
     up = measured(up_cmd)
     for label, jm in (("cold", cold), ("warm", warm)):
-        add("predict, whole process", name, "s", jm["child_wall"], up["child_wall"],
-            f"{n} frames; compile cache {label}", lower_is_better=True, jm_impl=label)
-    add("predict, peak memory", name, "MiB", warm["peak_mib"], up["peak_mib"],
-        f"{n} frames; resident high-water mark", lower_is_better=True)
+        add(
+            "predict, whole process",
+            name,
+            "s",
+            jm["child_wall"],
+            up["child_wall"],
+            f"{n} frames; compile cache {label}",
+            lower_is_better=True,
+            jm_impl=label,
+        )
+    add(
+        "predict, peak memory",
+        name,
+        "MiB",
+        warm["peak_mib"],
+        up["peak_mib"],
+        f"{n} frames; resident high-water mark",
+        lower_is_better=True,
+    )
 
 
 def steady_rows(name: str, n: int, seed: int, reps: int, add, info: dict) -> None:
@@ -201,9 +230,11 @@ def steady_rows(name: str, n: int, seed: int, reps: int, add, info: dict) -> Non
 
     def up_batched(batch_size):
         def run():
-            loader = build_dataloader(frames, model_type="m3gnet", batch_size=batch_size,
-                                      only_inference=True)
+            loader = build_dataloader(
+                frames, model_type="m3gnet", batch_size=batch_size, only_inference=True
+            )
             return pot.predict_properties(loader, include_forces=True, include_stresses=True)
+
         return run
 
     up_calc = MatterSimCalculator(pot, device="cpu")
@@ -215,31 +246,53 @@ def steady_rows(name: str, n: int, seed: int, reps: int, add, info: dict) -> Non
                 a = a.copy()
                 a.calc = calc
                 a.get_potential_energy(), a.get_forces(), a.get_stress()
+
         return run
 
     def jm_forward_batch():
         for k in range(0, n, BATCH):
-            out = jmattersim.forward_batch(model, frames[k:k + BATCH], include_forces=True,
-                                           include_stresses=True)
+            out = jmattersim.forward_batch(
+                model, frames[k : k + BATCH], include_forces=True, include_stresses=True
+            )
         return jax.block_until_ready(out)
 
-    fns = {"evaluate": lambda: jmattersim.evaluate(model, frames),
-           "forward_batch": jm_forward_batch, "calculator": through(jm_calc),
-           "up16": up_batched(16), "up32": up_batched(32), "up64": up_batched(64),
-           "up_calc": through(up_calc)}
+    fns = {
+        "evaluate": lambda: jmattersim.evaluate(model, frames),
+        "forward_batch": jm_forward_batch,
+        "calculator": through(jm_calc),
+        "up16": up_batched(16),
+        "up32": up_batched(32),
+        "up64": up_batched(64),
+        "up_calc": through(up_calc),
+    }
     for fn in fns.values():  # first pass: compilation, upstream's lazy set-up
         fn()
     t = interleaved(fns, reps)
     best_up = min(("up16", "up32", "up64"), key=t.get)
     for impl in ("evaluate", "forward_batch", "calculator"):
-        add("E+F+S steady state", name, "frames/s", n / t[impl], n / t[best_up],
-            f"{n} frames; upstream predict_properties, batch {best_up[2:]} (its best of "
-            "16/32/64)", jm_impl=impl)
-    add("E+F+S steady state", name, "frames/s", n / t["calculator"], n / t["up_calc"],
+        add(
+            "E+F+S steady state",
+            name,
+            "frames/s",
+            n / t[impl],
+            n / t[best_up],
+            f"{n} frames; upstream predict_properties, batch {best_up[2:]} (its best of 16/32/64)",
+            jm_impl=impl,
+        )
+    add(
+        "E+F+S steady state",
+        name,
+        "frames/s",
+        n / t["calculator"],
+        n / t["up_calc"],
         f"{n} frames; both ASE calculators, one structure at a time",
-        jm_impl="calculator vs upstream calculator")
-    info[f"flops_{name}"] = {**model_flop_rate(model, frames, reps), "run": len(info["runs"]),
-                             "matmul_gflops": info["matmul_gflops"]}
+        jm_impl="calculator vs upstream calculator",
+    )
+    info[f"flops_{name}"] = {
+        **model_flop_rate(model, frames, reps),
+        "run": len(info["runs"]),
+        "matmul_gflops": info["matmul_gflops"],
+    }
 
 
 def model_flop_rate(model, frames: list, reps: int) -> dict:
@@ -256,8 +309,9 @@ def model_flop_rate(model, frames: list, reps: int) -> dict:
     flops = padded = real = 0.0
     batches = []
     for group, budget in engine.plan([engine.counts_of(g) for g in graphs]):
-        batch = jax.device_put(engine.pad([graphs[k] for k in group], budget, model.config,
-                                          np.float32))
+        batch = jax.device_put(
+            engine.pad([graphs[k] for k in group], budget, model.config, np.float32)
+        )
         cost = engine.predict_batch.lower(model.config, params, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops += float(cost["flops"])
@@ -272,12 +326,16 @@ def model_flop_rate(model, frames: list, reps: int) -> dict:
 
     model_work()
     seconds = interleaved({"work": model_work}, max(reps, 3))["work"]
-    return {"xla_flops": flops, "seconds": seconds, "edge_fill": real / padded,
-            "gflops": flops / seconds / 1e9}
+    return {
+        "xla_flops": flops,
+        "seconds": seconds,
+        "edge_fill": real / padded,
+        "gflops": flops / seconds / 1e9,
+    }
 
 
 def inverse_design_rows(name: str, n: int, seed: int, add) -> None:
-    """b1/b2 through forward_batch under jit, as the README writes it."""
+    """b1/b2 through forward_batch under jit, as docs/guide/batches.md writes it."""
     import jax
     import jax.numpy as jnp
 
@@ -286,31 +344,47 @@ def inverse_design_rows(name: str, n: int, seed: int, add) -> None:
 
     model = jm_model(name)
     frames = draw(n, seed + 4, max_atoms=64)
-    chunks = [frames[k:k + BATCH] for k in range(0, n, BATCH)]
+    chunks = [frames[k : k + BATCH] for k in range(0, n, BATCH)]
 
     def jm(loss: bool):
         @functools.partial(jax.jit, static_argnums=(3,))
         def step(at, pos, lat, sizes, nbrs):
             def energy(at, pos, lat):
-                out = jmattersim.forward_batch(model, atom_types=at, positions=pos, lattice=lat,
-                                               sizes=sizes, neighbors=nbrs,
-                                               include_forces=loss, include_stresses=loss)
+                out = jmattersim.forward_batch(
+                    model,
+                    atom_types=at,
+                    positions=pos,
+                    lattice=lat,
+                    sizes=sizes,
+                    neighbors=nbrs,
+                    include_forces=loss,
+                    include_stresses=loss,
+                )
                 if not loss:
                     return out["total_energy"].sum()
                 return jnp.sum(out["forces"] ** 2) + jnp.sum(out["stresses"] ** 2)
+
             return jax.grad(energy, argnums=(0, 1, 2))(at, pos, lat)
 
         def run():
             for chunk in chunks:
                 at, pos, lat, sizes, _ = atoms_arrays(chunk, model.config)
                 nbrs = jmattersim.neighbor_list(model, chunk)  # host, outside jit
-                grads = step(jnp.asarray(at, jnp.float32), jnp.asarray(pos, jnp.float32),
-                             jnp.asarray(lat, jnp.float32), tuple(int(s) for s in sizes), nbrs)
+                grads = step(
+                    jnp.asarray(at, jnp.float32),
+                    jnp.asarray(pos, jnp.float32),
+                    jnp.asarray(lat, jnp.float32),
+                    tuple(int(s) for s in sizes),
+                    nbrs,
+                )
             return jax.block_until_ready(grads)
+
         return run
 
-    for loss, label in ((False, "b1. E + grad(types, pos, lattice)"),
-                        (True, "b2. grad of force+stress loss")):
+    for loss, label in (
+        (False, "b1. E + grad(types, pos, lattice)"),
+        (True, "b2. grad of force+stress loss"),
+    ):
         fns = {"jm": jm(loss), "up": up_inverse_design(name, chunks, loss)}
         t0 = time.perf_counter()
         fns["jm"]()
@@ -319,8 +393,14 @@ def inverse_design_rows(name: str, n: int, seed: int, add) -> None:
         # best of 3: jmattersim's first pass after torch's first large one is slower
         # (its memory grows again), and one such pass is not its steady state
         t = interleaved(fns, 3)
-        add(label, name, "frames/s", n / t["jm"], n / t["up"],
-            f"{n} frames (at most 64 atoms), batches of {BATCH}; first pass {compile_s:.0f} s")
+        add(
+            label,
+            name,
+            "frames/s",
+            n / t["jm"],
+            n / t["up"],
+            f"{n} frames (at most 64 atoms), batches of {BATCH}; first pass {compile_s:.0f} s",
+        )
 
 
 def up_inverse_design(name: str, chunks: list, loss: bool) -> Callable[[], object]:
@@ -371,10 +451,17 @@ def first_pass_rows(name: str, n: int, seed: int, add) -> None:
     cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
     up = measured([sys.executable, script, "up", str(src), str(checkpoint(name))])
     for label, jm in (("cold", cold), ("warm", warm)):
-        add("calculator first pass, whole process", name, "s", jm["child_wall"],
-            up["child_wall"], f"{n} different structures; compile cache {label}; first pass "
+        add(
+            "calculator first pass, whole process",
+            name,
+            "s",
+            jm["child_wall"],
+            up["child_wall"],
+            f"{n} different structures; compile cache {label}; first pass "
             f"alone {jm['first_pass']:.1f} s vs {up['first_pass']:.1f} s",
-            lower_is_better=True, jm_impl=label)
+            lower_is_better=True,
+            jm_impl=label,
+        )
 
 
 def relax_rows(name: str, n: int, seed: int, fmax: float, steps: int, add) -> None:
@@ -390,16 +477,29 @@ def relax_rows(name: str, n: int, seed: int, fmax: float, steps: int, add) -> No
     cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
     up = measured([sys.executable, script, "up", str(src), str(checkpoint(name)), *extra])
     for label, jm in (("cold", cold), ("warm", warm)):
-        add("relax, whole process", name, "s", jm["child_wall"], up["child_wall"],
+        add(
+            "relax, whole process",
+            name,
+            "s",
+            jm["child_wall"],
+            up["child_wall"],
             f"{n} rattled frames (<= 24 atoms), positions + cell, fmax {fmax}, <= {steps} "
             f"steps; compile cache {label}; converged {jm['converged']} vs {up['converged']} "
             f"(jmattersim failed {jm['failed']}: atoms closer than 0.5 Å, stopped there)",
-            lower_is_better=True, jm_impl=label)
+            lower_is_better=True,
+            jm_impl=label,
+        )
     # optimiser steps differ where jmattersim stops failed structures: also per step
-    add("relax, structure-steps per second", name, "steps/s",
-        warm["structure_steps"] / warm["relax"], up["structure_steps"] / up["relax"],
+    add(
+        "relax, structure-steps per second",
+        name,
+        "steps/s",
+        warm["structure_steps"] / warm["relax"],
+        up["structure_steps"] / up["relax"],
         f"every optimiser step of every structure, relaxation loop only (warm cache); "
-        f"{warm['structure_steps']} vs {up['structure_steps']} steps", jm_impl="warm")
+        f"{warm['structure_steps']} vs {up['structure_steps']} steps",
+        jm_impl="warm",
+    )
 
 
 def md_rows(name: str, sizes: list[int], steps: int, add) -> None:
@@ -424,15 +524,30 @@ def md_rows(name: str, sizes: list[int], steps: int, add) -> None:
             dyn.run(1)
             return lambda: dyn.run(steps)
 
-        fns = {"jm": ase_md(jmattersim.MatterSimCalculator(jm_model(name))),
-               "up": ase_md(MatterSimCalculator(up_potential(name), device="cpu"))}
+        fns = {
+            "jm": ase_md(jmattersim.MatterSimCalculator(jm_model(name))),
+            "up": ase_md(MatterSimCalculator(up_potential(name), device="cpu")),
+        }
         t = interleaved(fns, 2)
-        add("MD steps/s, ASE velocity Verlet", f"{name}, Si {size}", "steps/s", steps / t["jm"],
-            steps / t["up"], "both ASE calculators", jm_impl="calculator")
+        add(
+            "MD steps/s, ASE velocity Verlet",
+            f"{name}, Si {size}",
+            "steps/s",
+            steps / t["jm"],
+            steps / t["up"],
+            "both ASE calculators",
+            jm_impl="calculator",
+        )
         run = jax_md_steps(name, atoms, steps)
-        add("MD steps/s", f"{name}, Si {size}", "steps/s", steps / min(run() for _ in range(2)),
-            steps / t["up"], "jitted jax-md NVE step, list updated every step, against upstream "
-            "through ASE", jm_impl="jax-md")
+        add(
+            "MD steps/s",
+            f"{name}, Si {size}",
+            "steps/s",
+            steps / min(run() for _ in range(2)),
+            steps / t["up"],
+            "jitted jax-md NVE step, list updated every step, against upstream through ASE",
+            jm_impl="jax-md",
+        )
 
 
 def jax_md_steps(name: str, atoms, steps: int) -> Callable[[], float]:
@@ -447,8 +562,9 @@ def jax_md_steps(name: str, atoms, steps: int) -> Callable[[], float]:
     _, shift = space.periodic_general(box, fractional_coordinates=True)
     init, apply = simulate.nve(energy_fn, shift, 1.0 * units.fs)
     nbrs = neighbor_fn.allocate(R)
-    state = init(jax.random.PRNGKey(0), R, units.kB * 300, mass=atoms.get_masses()[:, None],
-                 neighbor=nbrs)
+    state = init(
+        jax.random.PRNGKey(0), R, units.kB * 300, mass=atoms.get_masses()[:, None], neighbor=nbrs
+    )
 
     @jax.jit
     def step(state, nbrs):
@@ -496,7 +612,8 @@ def plan(quick: bool) -> dict:
         "inverse_design_frames": 32 if quick else 64,
         "first_pass": 40,
         "relax_frames": 16 if quick else 32,
-        "relax_fmax": 0.002, "relax_steps": 500,
+        "relax_fmax": 0.002,
+        "relax_steps": 500,
         "md_sizes": [216] if quick else [216, 1000],
         "md_steps": 3 if quick else 5,
         "reps": 1 if quick else 2,
@@ -517,11 +634,13 @@ def machine() -> str:
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = os.getloadavg()
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} "
-            f"{platform.release()}; Python {platform.python_version()}, jax {jax.__version__} "
-            f"({jax.default_backend()}), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); load average at start "
-            f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}, jax {jax.__version__} "
+        f"({jax.default_backend()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); load average at start "
+        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,15 +651,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, 1M only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the frame draws")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="workloads: predict steady inverse_design first_pass relax md")
-    parser.add_argument("--configs", nargs="*", default=None,
-                        help="architectures (default: 1M and 5M; 1M with --quick)")
-    parser.add_argument("--update-readme", action="store_true",
-                        help="only copy results.md into the README's benchmark section")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="workloads: predict steady inverse_design first_pass relax md",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=None,
+        help="architectures (default: 1M and 5M; 1M with --quick)",
+    )
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="only copy results.md into the table of docs/benchmarks.md",
+    )
     args = parser.parse_args(argv)
-    if args.update_readme:
-        update_readme()
+    if args.update_docs:
+        update_docs()
         return 0
     p = plan(args.quick)
     if args.configs:
@@ -557,9 +687,13 @@ def main(argv: list[str] | None = None) -> int:
     import jmattersim  # noqa: F401 - its process settings, before JAX runs
 
     info = {"machine": machine(), "quick": args.quick, "seed": args.seed, **kept}
-    runs.append({"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "command": " ".join(["python benchmarks/run.py", *argv]),
-                 "machine": info["machine"]})
+    runs.append(
+        {
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": " ".join(["python benchmarks/run.py", *argv]),
+            "machine": info["machine"],
+        }
+    )
     info["runs"] = runs
     print(f"machine: {info['machine']}", flush=True)
     info["matmul_gflops"] = matmul_rate()
@@ -567,13 +701,30 @@ def main(argv: list[str] | None = None) -> int:
 
     def add(workload, config, unit, jm, up, note="", lower_is_better=False, jm_impl=""):
         ratio = (up / jm) if lower_is_better else (jm / up)
-        rows[:] = [r for r in rows if (r["workload"], r["config"], r["jm_impl"])
-                   != (workload, config, jm_impl)]
-        rows.append({"workload": workload, "config": config, "unit": unit, "jmattersim": jm,
-                     "upstream": up, "ratio": ratio, "note": note, "jm_impl": jm_impl,
-                     "lower_is_better": lower_is_better, "run": len(runs)})
-        print(f"  {workload} [{config}] {jm_impl}: jmattersim {jm:.3g} {unit}, upstream "
-              f"{up:.3g} {unit}, advantage {ratio:.2f}x  {note}", flush=True)
+        rows[:] = [
+            r
+            for r in rows
+            if (r["workload"], r["config"], r["jm_impl"]) != (workload, config, jm_impl)
+        ]
+        rows.append(
+            {
+                "workload": workload,
+                "config": config,
+                "unit": unit,
+                "jmattersim": jm,
+                "upstream": up,
+                "ratio": ratio,
+                "note": note,
+                "jm_impl": jm_impl,
+                "lower_is_better": lower_is_better,
+                "run": len(runs),
+            }
+        )
+        print(
+            f"  {workload} [{config}] {jm_impl}: jmattersim {jm:.3g} {unit}, upstream "
+            f"{up:.3g} {unit}, advantage {ratio:.2f}x  {note}",
+            flush=True,
+        )
         write(rows, info, quiet=True)  # partial results survive an interrupted run
 
     for name in p["configs"]:
@@ -593,55 +744,77 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+TABLE_START, TABLE_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
-def update_readme() -> None:
-    """Replaces the README's table between its markers with ``results.md``."""
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+def update_docs() -> None:
+    """Replaces the table of ``docs/benchmarks.md`` between its markers with
+    ``results.md``."""
+    page = REPO / "docs" / "benchmarks.md"
+    text = page.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
     results = (HERE / "results.md").read_text().strip()
-    readme.write_text(text[:start] + "\n" + results + "\n" + text[end:])
+    page.write_text(text[:start] + "\n" + results + "\n" + text[end:])
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| workload | config | jmattersim | upstream | advantage | notes | run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | config | jmattersim | upstream | advantage | notes | run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         jm = f"{r['jmattersim']:.3g} {r['unit']}"
         if r["jm_impl"]:
             jm += f" ({r['jm_impl']})"
-        lines.append(f"| {r['workload']} | {r['config']} | {jm} | {r['upstream']:.3g} "
-                     f"{r['unit']} | **{r['ratio']:.2f}×** | {r['note']} | {r['run']} |")
+        lines.append(
+            f"| {r['workload']} | {r['config']} | {jm} | {r['upstream']:.3g} "
+            f"{r['unit']} | **{r['ratio']:.2f}×** | {r['note']} | {r['run']} |"
+        )
     return "\n".join(lines)
 
 
 def write(rows: list[dict], info: dict, quiet: bool = False) -> None:
-    flops = [f"{k.removeprefix('flops_')}: {v['gflops']:.0f} GFLOP/s by XLA's count "
-             f"({v['edge_fill']:.0%} of the padded edge slots real; run {v['run']}, "
-             "whose float32 matmul ran at "
-             + ", ".join(f"{m:.0f}" for m in v["matmul_gflops"].values()) + " GFLOP/s)"
-             for k, v in info.items() if k.startswith("flops_")]
+    flops = [
+        f"{k.removeprefix('flops_')}: {v['gflops']:.0f} GFLOP/s by XLA's count "
+        f"({v['edge_fill']:.0%} of the padded edge slots real; run {v['run']}, "
+        "whose float32 matmul ran at "
+        + ", ".join(f"{m:.0f}" for m in v["matmul_gflops"].values())
+        + " GFLOP/s)"
+        for k, v in info.items()
+        if k.startswith("flops_")
+    ]
     runs = info["runs"]
-    md = [f"Seed of the frame draws: {info['seed']}. Each row's two timings come from one "
-          "run (one invocation); a partial rerun (`--only`) replaces its own rows. Runs:", "",
-          *[f"{k}. `{r['command']}`, {r['started']}. Machine: {r['machine']}."
-            + ("" if any(row["run"] == k for row in rows)
-               else " (its rows replaced by a later run)")
-            for k, r in enumerate(runs, 1)], "",
-          "float32 matmul (jax, jit): "
-          + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in info["matmul_gflops"].items()),
-          "" if not flops else "Model work of the steady-state batches: " + "; ".join(flops),
-          "", table(rows), "",
-          "Advantage: jmattersim's speed over upstream's (time: upstream / jmattersim; rate: "
-          "jmattersim / upstream); > 1 means jmattersim is faster or uses less memory.", ""]
+    md = [
+        f"Seed of the frame draws: {info['seed']}. Each row's two timings come from one "
+        "run (one invocation); a partial rerun (`--only`) replaces its own rows. Runs:",
+        "",
+        *[
+            f"{k}. `{r['command']}`, {r['started']}. Machine: {r['machine']}."
+            + (
+                ""
+                if any(row["run"] == k for row in rows)
+                else " (its rows replaced by a later run)"
+            )
+            for k, r in enumerate(runs, 1)
+        ],
+        "",
+        "float32 matmul (jax, jit): "
+        + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in info["matmul_gflops"].items()),
+        "" if not flops else "Model work of the steady-state batches: " + "; ".join(flops),
+        "",
+        table(rows),
+        "",
+        "Advantage: jmattersim's speed over upstream's (time: upstream / jmattersim; rate: "
+        "jmattersim / upstream); > 1 means jmattersim is faster or uses less memory.",
+        "",
+    ]
     text = "\n".join(md)
     if not quiet:
         print("\n" + text)
     (HERE / "results.md").write_text(text)
-    (HERE / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2,
-                                                  default=str))
+    (HERE / "results.json").write_text(
+        json.dumps({"info": info, "rows": rows}, indent=2, default=str)
+    )
     plot(rows, HERE / "results.png")
 
 
@@ -655,16 +828,19 @@ def plot(rows: list[dict], path: Path) -> None:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(9, 0.38 * max(len(rows), 4) + 1.2))
-    labels = [f"{r['workload']} [{r['config']}]" + (f" {r['jm_impl']}" if r["jm_impl"] else "")
-              for r in rows]
+    labels = [
+        f"{r['workload']} [{r['config']}]" + (f" {r['jm_impl']}" if r["jm_impl"] else "")
+        for r in rows
+    ]
     colors = ["tab:blue" if r["ratio"] >= 1 else "tab:red" for r in rows]
     ax.barh(range(len(rows)), [r["ratio"] for r in rows], color=colors)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_title("jmattersim's advantage over upstream MatterSim (> 1: faster / less memory)",
-                 fontsize=9)
+    ax.set_title(
+        "jmattersim's advantage over upstream MatterSim (> 1: faster / less memory)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

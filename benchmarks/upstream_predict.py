@@ -28,15 +28,17 @@ def main() -> None:
     from mattersim.forcefield.potential import Potential
 
     atoms = ase.io.read(args.frames, index=":")
-    potential = Potential.from_checkpoint(args.checkpoint, device="cpu",
-                                          load_training_state=False)
-    loader = build_dataloader(atoms, model_type="m3gnet", batch_size=args.batch_size,
-                              only_inference=True)
+    potential = Potential.from_checkpoint(args.checkpoint, device="cpu", load_training_state=False)
+    loader = build_dataloader(
+        atoms, model_type="m3gnet", batch_size=args.batch_size, only_inference=True
+    )
     energies, forces, stresses = potential.predict_properties(
-        loader, include_forces=True, include_stresses=True)
+        loader, include_forces=True, include_stresses=True
+    )
     for a, e, f, s in zip(atoms, energies, forces, stresses, strict=True):
-        a.calc = SinglePointCalculator(a, energy=e, free_energy=e, forces=f,
-                                       stress=s * GPa)  # GPa -> eV/A^3, ASE's unit
+        a.calc = SinglePointCalculator(
+            a, energy=e, free_energy=e, forces=f, stress=s * GPa
+        )  # GPa -> eV/A^3, ASE's unit
     ase.io.write(args.out, atoms, format="extxyz")
 
 

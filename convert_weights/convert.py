@@ -53,8 +53,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if not found:
-            raise ConversionError(f"cannot read {path} as a MatterSim checkpoint (torch.load "
-                                  f"with weights_only=True failed: {_first_line(e)})") from e
+            raise ConversionError(
+                f"cannot read {path} as a MatterSim checkpoint (torch.load "
+                f"with weights_only=True failed: {_first_line(e)})"
+            ) from e
         raise ConversionError(
             f"refusing {path}: it holds a pickled reference to {found.group(1)}, which is not "
             "a tensor or a plain value (loading it unsafely would run code); a MatterSim "
@@ -73,16 +75,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if str(name).lower() != "m3gnet":
         raise ConversionError(f"{path} holds a '{name}' model; only m3gnet can be converted")
     if not isinstance(ckpt["model_args"], Mapping):
-        raise ConversionError(f"{path}: 'model_args' is a {type(ckpt['model_args']).__name__}, "
-                              "expected a dict of M3Gnet arguments")
+        raise ConversionError(
+            f"{path}: 'model_args' is a {type(ckpt['model_args']).__name__}, "
+            "expected a dict of M3Gnet arguments"
+        )
     state = ckpt["model"]
     if not isinstance(state, Mapping):
-        raise ConversionError(f"{path}: 'model' is a {type(state).__name__}, expected a "
-                              "state_dict (a dict of tensors)")
+        raise ConversionError(
+            f"{path}: 'model' is a {type(state).__name__}, expected a "
+            "state_dict (a dict of tensors)"
+        )
     for key, value in state.items():
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise ConversionError(f"{path}: state_dict entry '{key}' is not a floating-point "
-                                  f"tensor ({type(value).__name__})")
+            raise ConversionError(
+                f"{path}: state_dict entry '{key}' is not a floating-point "
+                f"tensor ({type(value).__name__})"
+            )
     return dict(ckpt)
 
 
@@ -90,8 +98,10 @@ def state_dict_to_params(
     state_dict: Mapping[str, Any], config: M3GNetConfig, strict: bool = False
 ) -> dict:
     """Maps upstream tensors to Flax variables, checking names, shapes and buffers."""
-    arrays = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-              for k, v in state_dict.items()}
+    arrays = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        for k, v in state_dict.items()
+    }
     params: dict = {}
     used = set()
     for path, shape in flax_shapes(config).items():
@@ -117,8 +127,9 @@ def state_dict_to_params(
         msg = f"checkpoint keys that the model does not use: {', '.join(extra)}"
         if strict:
             raise ConversionError(msg + " (--strict)")
-        warnings.warn(msg + " (ignored, as upstream's load_state_dict(strict=False) does)",
-                      stacklevel=2)
+        warnings.warn(
+            msg + " (ignored, as upstream's load_state_dict(strict=False) does)", stacklevel=2
+        )
     _check_buffers(params["constants"], config)
     return params
 
@@ -151,13 +162,17 @@ def convert_checkpoint(path: str | os.PathLike, strict: bool = False) -> Model:
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from e
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    source = {"checkpoint": Path(path).name, "sha256": digest,
-              "description": str(ckpt.get("description", ""))}
+    source = {
+        "checkpoint": Path(path).name,
+        "sha256": digest,
+        "description": str(ckpt.get("description", "")),
+    }
     return Model(config, jax.tree_util.tree_map(np.asarray, params), source)
 
 
-def convert_file(src: str | os.PathLike, out: str | os.PathLike, strict: bool = False,
-                 overwrite: bool = False) -> Model:
+def convert_file(
+    src: str | os.PathLike, out: str | os.PathLike, strict: bool = False, overwrite: bool = False
+) -> Model:
     """Converts ``src`` (.pth) into the model directory ``out``, atomically."""
     model = convert_checkpoint(src, strict=strict)
     save_model(model, out, overwrite=overwrite)

@@ -20,8 +20,11 @@ from hypothesis import HealthCheck, settings
 # Property-test profiles: "ci" (default) and "long", chosen with
 # --hypothesis-profile=long or JMATTERSIM_HYPOTHESIS=long (registered here, before
 # the hypothesis plugin reads the option).
-_PROFILE = dict(deadline=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+_PROFILE = dict(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 settings.register_profile("ci", max_examples=100, **_PROFILE)
 settings.register_profile("long", max_examples=2000, **_PROFILE)
 
@@ -70,6 +73,48 @@ def mptrj_frames(count: int) -> list[Atoms]:
     return [frames[i] for i in picks]
 
 
+def small_cell() -> Atoms:
+    """Primitive diamond Si: lattice vectors of 3.84 Å, shorter than the cutoff."""
+    si = bulk("Si", "diamond", 5.43)
+    si.rattle(0.05, seed=11)
+    return si
+
+
+def triclinic() -> Atoms:
+    return Atoms(
+        "MgSiO",
+        scaled_positions=[[0, 0, 0], [0.5, 0.4, 0.3], [0.2, 0.7, 0.6]],
+        cell=[[4.2, 0.0, 0.0], [1.1, 4.6, 0.0], [0.7, -0.9, 5.1]],
+        pbc=True,
+    )
+
+
+def arrays(atoms: Atoms, config, dtype=None):
+    """(one-hot atom types, positions, lattice) of ``atoms`` as JAX arrays."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = dtype or jnp.float32
+    return (
+        jax.nn.one_hot(atoms.numbers, config.num_species, dtype=dtype),
+        jnp.asarray(atoms.positions, dtype),
+        jnp.asarray(atoms.cell.array, dtype),
+    )
+
+
+def padded(structures: list[Atoms], config, dtype, n_node: int, n_graph: int):
+    """``structures`` as one jraph graph padded to ``n_node`` nodes, ``n_graph`` graphs."""
+    import jax.numpy as jnp
+
+    from jmattersim._src.batch import graphs_tuple, pad_graph
+
+    at = jnp.concatenate([arrays(a, config, dtype)[0] for a in structures])
+    pos = jnp.asarray(np.concatenate([a.positions for a in structures]), dtype)
+    lat = jnp.asarray(np.stack([a.cell.array for a in structures]), dtype)
+    g = graphs_tuple(at, pos, lat, [len(a) for a in structures])
+    return pad_graph(g, n_node, n_graph)
+
+
 @pytest.fixture(scope="session")
 def structures() -> dict[str, Atoms]:
     out = special_structures()
@@ -83,8 +128,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Upstream-saved checkpoints (1M and 5M configs) with seeded random weights."""
     testing = _upstream_testing()
     root = tmp_path_factory.mktemp("checkpoints")
-    return {name: testing.genuine_checkpoint(root / f"random-{name}.pth", name)
-            for name in ("1M", "5M")}
+    return {
+        name: testing.genuine_checkpoint(root / f"random-{name}.pth", name) for name in ("1M", "5M")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -101,14 +147,35 @@ def converted(checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def small_model(tmp_path_factory):
-    """A small upstream-format model with seeded random weights (2 blocks, 16 units,
-    max_l = max_n = 2), for tests of the MD and relaxation machinery, not numbers."""
-    testing = _upstream_testing()
-    path = testing.genuine_checkpoint(tmp_path_factory.mktemp("small") / "small.pth", "small")
+def model(converted):
+    """The 1M architecture (converted genuine-format random weights), float32."""
     import jmattersim
 
-    return jmattersim.load_model(path)
+    return jmattersim.load_model(converted["1M"])
+
+
+@pytest.fixture(scope="session")
+def model64(converted):
+    """The same model in float64 (cast once; use it under ``jax.enable_x64``)."""
+    import jax
+    import jax.numpy as jnp
+
+    import jmattersim
+
+    with jax.enable_x64(True):
+        return jmattersim.load_model(converted["1M"]).astype(jnp.float64)
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The stored small genuine-format model (tests/small_reference.py: 2 blocks, 16
+    units, max_l = max_n = 2; upstream's weights with seeded random values), for tests
+    of machinery rather than numbers. Needs no torch."""
+    from small_reference import MODEL
+
+    import jmattersim
+
+    return jmattersim.load_model(MODEL)
 
 
 def _upstream_testing():

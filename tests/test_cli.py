@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
+import pytest
 
 import jmattersim
 
@@ -20,8 +21,12 @@ def test_predict_writes_every_frame(converted, tmp_path):
     ase.io.write(src, frames)
     out = tmp_path / "out.extxyz"
     exe = Path(sys.executable).with_name("jmattersim")
-    proc = subprocess.run([str(exe), "predict", str(src), "--model", str(converted["1M"]),
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(exe), "predict", str(src), "--model", str(converted["1M"]), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     written = ase.io.read(out, index=":")
     assert len(written) == len(frames)
@@ -34,19 +39,29 @@ def test_predict_writes_every_frame(converted, tmp_path):
         np.testing.assert_array_equal(w.numbers, a.numbers)
 
 
+@pytest.mark.fast
 def test_predict_without_model_says_how(tmp_path):
     exe = Path(sys.executable).with_name("jmattersim")
     src = tmp_path / "in.extxyz"
     ase.io.write(src, ase.io.read(MPTRJ, index="0"))
-    proc = subprocess.run([str(exe), "predict", str(src), "--model", str(tmp_path / "nope")],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(exe), "predict", str(src), "--model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1
     assert "cannot load model" in proc.stderr and "jmattersim-convert" in proc.stderr
 
 
+@pytest.mark.fast
 def test_version_is_the_installed_package_version():
     from importlib.metadata import version
 
-    out = subprocess.run([sys.executable, "-m", "jmattersim", "--version"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "jmattersim", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == f"jmattersim {version('jmattersim')}"

@@ -140,8 +140,12 @@ def test_published_name_without_network_says_pass_a_path(tmp_path, monkeypatch, 
 def test_console_script_and_module(checkpoints, tmp_path):
     exe = pathlib.Path(sys.executable).with_name("jmattersim-convert")
     for cmd, out in [([str(exe)], "a"), ([sys.executable, "-m", "convert_weights"], "b")]:
-        proc = subprocess.run(cmd + [str(checkpoints["1M"]), str(tmp_path / out)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            cmd + [str(checkpoints["1M"]), str(tmp_path / out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "890224 parameters" in proc.stdout
         assert load_model(tmp_path / out).config.units == 128

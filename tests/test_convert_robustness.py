@@ -41,8 +41,13 @@ def test_truncated_checkpoint(checkpoints, tmp_path, capsys):
     for fraction in (0.5, 0.99):
         src = tmp_path / f"truncated-{fraction}.pth"
         src.write_bytes(data[: int(len(data) * fraction)])
-        refused(src, tmp_path, capsys, r"cannot read .*truncated.* as a MatterSim checkpoint "
-                r"\(torch.load with weights_only=True failed: ")
+        refused(
+            src,
+            tmp_path,
+            capsys,
+            r"cannot read .*truncated.* as a MatterSim checkpoint "
+            r"\(torch.load with weights_only=True failed: ",
+        )
 
 
 @pytest.mark.parametrize("kind", ["text", "zip", "empty", "json"])
@@ -63,8 +68,13 @@ def test_file_of_another_type(kind, tmp_path, capsys):
 def test_torch_file_that_is_not_a_checkpoint(tmp_path, capsys):
     src = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), src)
-    refused(src, tmp_path, capsys, r"is not a MatterSim checkpoint: expected a dict with "
-            r"'model' and 'model_args'")
+    refused(
+        src,
+        tmp_path,
+        capsys,
+        r"is not a MatterSim checkpoint: expected a dict with "
+        r"'model' and 'model_args'",
+    )
 
 
 def test_checkpoint_of_another_model(checkpoints, tmp_path, capsys):
@@ -72,8 +82,13 @@ def test_checkpoint_of_another_model(checkpoints, tmp_path, capsys):
     ckpt["model_name"] = "graphormer"
     src = tmp_path / "graphormer.pth"
     torch.save(ckpt, src)
-    err = refused(src, tmp_path, capsys, r"holds a 'graphormer' model; only m3gnet can be "
-                  r"converted")
+    err = refused(
+        src,
+        tmp_path,
+        capsys,
+        r"holds a 'graphormer' model; only m3gnet can be "
+        r"converted",
+    )
     assert "graphormer" in err
 
 
@@ -81,13 +96,23 @@ def test_malformed_state_dict(checkpoints, tmp_path, capsys):
     ckpt = torch.load(checkpoints["1M"], weights_only=True)
     ckpt["model"] = [1, 2, 3]
     torch.save(ckpt, tmp_path / "list.pth")
-    refused(tmp_path / "list.pth", tmp_path, capsys, r"'model' is a list, expected a "
-            r"state_dict")
+    refused(
+        tmp_path / "list.pth",
+        tmp_path,
+        capsys,
+        r"'model' is a list, expected a "
+        r"state_dict",
+    )
     ckpt = torch.load(checkpoints["1M"], weights_only=True)
     ckpt["model"]["final.g.0.linear.weight"] = "weights"
     torch.save(ckpt, tmp_path / "str.pth")
-    refused(tmp_path / "str.pth", tmp_path, capsys, r"entry 'final.g.0.linear.weight' is not "
-            r"a floating-point tensor \(str\)")
+    refused(
+        tmp_path / "str.pth",
+        tmp_path,
+        capsys,
+        r"entry 'final.g.0.linear.weight' is not "
+        r"a floating-point tensor \(str\)",
+    )
     ckpt = torch.load(checkpoints["1M"], weights_only=True)
     ckpt["model_args"] = "m3gnet"
     torch.save(ckpt, tmp_path / "args.pth")
@@ -98,8 +123,13 @@ def test_non_finite_weights(checkpoints, tmp_path, capsys):
     ckpt = torch.load(checkpoints["1M"], weights_only=True)
     ckpt["model"]["graph_conv.1.gated_mlp_atom.g.0.linear.weight"][3, 4] = float("nan")
     torch.save(ckpt, tmp_path / "nan.pth")
-    refused(tmp_path / "nan.pth", tmp_path, capsys, r"parameter 'graph_conv.1.gated_mlp_atom."
-            r"g.0.linear.weight' holds NaN")
+    refused(
+        tmp_path / "nan.pth",
+        tmp_path,
+        capsys,
+        r"parameter 'graph_conv.1.gated_mlp_atom."
+        r"g.0.linear.weight' holds NaN",
+    )
 
 
 class Payload:
@@ -142,11 +172,20 @@ def test_malicious_pickle_does_not_run(payload, fmt, checkpoints, tmp_path, caps
     elif fmt == "legacy-torch":
         torch.save(ckpt, src, _use_new_zipfile_serialization=False)
     else:  # a plain pickle (no tensors: they would need a torch global of their own)
-        plain = {"model_name": "m3gnet", "model": {}, "model_args": ckpt["model_args"],
-                 "description": payload(marker)}
+        plain = {
+            "model_name": "m3gnet",
+            "model": {},
+            "model_args": ckpt["model_args"],
+            "description": payload(marker),
+        }
         src.write_bytes(pickle.dumps(plain, protocol=2))
     assert not marker.exists()
-    refused(src, tmp_path, capsys, rf"^refusing {re.escape(str(src))}: it holds a pickled "
-            rf"reference to {GLOBALS[payload]}, which is not a tensor or a plain value \(loading "
-            r"it unsafely would run code\).*Nothing was loaded.$")
+    refused(
+        src,
+        tmp_path,
+        capsys,
+        rf"^refusing {re.escape(str(src))}: it holds a pickled "
+        rf"reference to {GLOBALS[payload]}, which is not a tensor or a plain value \(loading "
+        r"it unsafely would run code\).*Nothing was loaded.$",
+    )
     assert not marker.exists(), "the pickled payload ran"

@@ -19,8 +19,9 @@ from jmattersim._src.padding import BatchBudget, Counts
 
 from conftest import SHARED
 
-DATA = [SHARED / "data" / f for f in
-        ("mptrj-random-1k.xyz", "alexandria-random-1k.xyz", "mpf-TP.xyz")]
+DATA = [
+    SHARED / "data" / f for f in ("mptrj-random-1k.xyz", "alexandria-random-1k.xyz", "mpf-TP.xyz")
+]
 PACKAGE = Path(jmattersim.__file__).parent
 
 
@@ -30,11 +31,6 @@ def varied():
     frames = [a for path in DATA for a in ase.io.read(path, index=":")]
     rng = np.random.default_rng(0)
     return [frames[i] for i in rng.choice(len(frames), 200, replace=False)]
-
-
-@pytest.fixture(scope="module")
-def model(converted):
-    return jmattersim.load_model(converted["1M"])
 
 
 def test_every_entry_point_needs_at_most_3_shapes(model, varied, converted, tmp_path):
@@ -54,15 +50,30 @@ def test_every_entry_point_needs_at_most_3_shapes(model, varied, converted, tmp_
         batch = jmattersim.evaluate(model, varied)
     assert len(shapes) == 1, shapes  # a stream packs into the top budget alone
     with engine.recording() as shapes:
-        tensors = [jmattersim.forward_batch(model, varied[k:k + 16], include_forces=True,
-                                            include_stresses=True)
-                   for k in range(0, len(varied), 16)]
+        tensors = [
+            jmattersim.forward_batch(
+                model, varied[k : k + 16], include_forces=True, include_stresses=True
+            )
+            for k in range(0, len(varied), 16)
+        ]
     assert 1 <= len(shapes) <= 3, shapes
     src = tmp_path / "varied.extxyz"
     ase.io.write(src, varied, format="extxyz")
     with engine.recording() as shapes:  # the command line, with its default chunk
-        assert cli.main(["predict", str(src), "--model", str(model_dir), "--out",
-                         str(tmp_path / "out.extxyz"), "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "predict",
+                    str(src),
+                    "--model",
+                    str(model_dir),
+                    "--out",
+                    str(tmp_path / "out.extxyz"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     assert len(shapes) == 1, shapes
     written = ase.io.read(tmp_path / "out.extxyz", index=":")
     energies = np.concatenate([np.asarray(t["total_energy"]) for t in tensors])
@@ -72,17 +83,17 @@ def test_every_entry_point_needs_at_most_3_shapes(model, varied, converted, tmp_
         n = len(f)
         for other in (batch[k].energy, energies[k], written[k].get_potential_energy()):
             assert abs(other - e) <= 1e-5 * max(1.0, abs(e)), k
-        for other in (batch[k].forces, forces[start:start + n], written[k].get_forces()):
+        for other in (batch[k].forces, forces[start : start + n], written[k].get_forces()):
             np.testing.assert_allclose(other, f, atol=1e-4, err_msg=str(k))
         np.testing.assert_allclose(written[k].get_stress(), s, atol=1e-5)
         start += n
 
 
+@pytest.mark.fast
 def test_plan_puts_each_structure_in_one_group_within_its_budget():
     rng = np.random.default_rng(1)
     edges = rng.integers(1, 20000, 300)
-    counts = [Counts(max(1, int(e) // 30), int(e), int(e * rng.uniform(0, 20)), 1)
-              for e in edges]
+    counts = [Counts(max(1, int(e) // 30), int(e), int(e * rng.uniform(0, 20)), 1) for e in edges]
     groups = engine.plan(counts)
     seen = sorted(k for group, _ in groups for k in group)
     assert seen == list(range(len(counts)))
@@ -99,6 +110,7 @@ def test_plan_puts_each_structure_in_one_group_within_its_budget():
             assert budget == engine.smallest_rung(total)  # the smallest rung that holds it
 
 
+@pytest.mark.fast
 def test_first_fit_decreasing_keeps_every_count_strictly_below_the_budget():
     budget = BatchBudget(nodes=10, edges=100, triplets=1000, graphs=4)
     counts = [Counts(3, 33, 100, 1)] * 9
@@ -113,25 +125,37 @@ def test_first_fit_decreasing_keeps_every_count_strictly_below_the_budget():
 
 
 def _python(code: str, **env) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
 
+@pytest.mark.fast
 def test_import_loads_no_torch_and_no_jax_md():
-    out = _python("import sys, jmattersim; print(sorted(m for m in ('torch', 'jax_md', "
-                  "'mattersim', 'convert_weights') if m in sys.modules))")
+    out = _python(
+        "import sys, jmattersim; print(sorted(m for m in ('torch', 'jax_md', "
+        "'mattersim', 'convert_weights') if m in sys.modules))"
+    )
     assert out.strip() == "[]"
 
 
+@pytest.mark.fast
 def test_process_settings_and_their_switches(tmp_path):
-    code = ("import jax, jmattersim; from jmattersim._src import runtime; s = runtime.configure(); "
-            "print(s['allocator_tuned'], s['compile_cache'], jax.config.jax_compilation_cache_dir)")
+    code = (
+        "import jax, jmattersim; from jmattersim._src import runtime; s = runtime.configure(); "
+        "print(s['allocator_tuned'], s['compile_cache'], jax.config.jax_compilation_cache_dir)"
+    )
     tuned, cache, jax_dir = _python(code, JMATTERSIM_CACHE=str(tmp_path)).split()
     assert tuned == "True" and cache == jax_dir == str(tmp_path / "xla")
-    tuned, cache, jax_dir = _python(code, JMATTERSIM_ALLOCATOR="system",
-                                    JMATTERSIM_COMPILE_CACHE="off").split()
+    tuned, cache, jax_dir = _python(
+        code, JMATTERSIM_ALLOCATOR="system", JMATTERSIM_COMPILE_CACHE="off"
+    ).split()
     assert tuned == "False" and cache == jax_dir == "None"
 
 
@@ -140,8 +164,11 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     ``from X import a`` counts as an import of ``X.a`` where that is a module,
     else of ``X``."""
     module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    package = module.removesuffix(".__init__") if path.name == "__init__.py" else \
-        module.rpartition(".")[0]
+    package = (
+        module.removesuffix(".__init__")
+        if path.name == "__init__.py"
+        else module.rpartition(".")[0]
+    )
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -156,12 +183,15 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     return found & modules
 
 
+@pytest.mark.fast
 def test_no_module_imports_one_that_imports_it_back():
     """The imports of jmattersim and convert_weights, function-level ones included,
     form no cycle."""
     files = list(PACKAGE.rglob("*.py")) + list((PACKAGE.parent / "convert_weights").rglob("*.py"))
-    names = {".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(
-        ".__init__"): f for f in files}
+    names = {
+        ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): f
+        for f in files
+    }
     graph = {name: _imports(f, set(names)) - {name} for name, f in names.items()}
     state: dict[str, int] = {}
 

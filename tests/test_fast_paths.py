@@ -45,8 +45,7 @@ def random_params(config: M3GNetConfig, seed: int) -> dict:
         else:
             fan_in = leaf.shape[0]
             leaves.append(jax.random.normal(key, leaf.shape) * 1.5 / math.sqrt(fan_in))
-    return {"params": jax.tree_util.tree_unflatten(tree, leaves),
-            "constants": params["constants"]}
+    return {"params": jax.tree_util.tree_unflatten(tree, leaves), "constants": params["constants"]}
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +81,15 @@ def _predictions(graphs, params, dtype, **options):
         # a fresh function: jit's cache must not hand back another variant's trace
         out = jax.jit(lambda p, b: predict(CONFIG, p, b))(cast, batch)
     g, n = len(graphs), sum(x.n_node for x in graphs)
-    return {"energy": np.asarray(out.energy[:g]), "forces": np.asarray(out.forces[:n]),
-            "stress": np.asarray(out.stress[:g])}
+    return {
+        "energy": np.asarray(out.energy[:g]),
+        "forces": np.asarray(out.forces[:n]),
+        "stress": np.asarray(out.stress[:g]),
+    }
 
 
 def worst_relative(got: dict, ref: dict) -> dict:
-    return {k: float(np.abs(got[k] - ref[k]).max() / max(np.abs(ref[k]).max(), 1.0))
-            for k in ref}
+    return {k: float(np.abs(got[k] - ref[k]).max() / max(np.abs(ref[k]).max(), 1.0)) for k in ref}
 
 
 def test_same_variables():
@@ -98,7 +99,8 @@ def test_same_variables():
     for fast in (False, True):
         with mock.patch.object(energy_module, "M3GNet", functools.partial(M3GNet, fast=fast)):
             shapes[fast] = jax.tree_util.tree_map(
-                lambda a: a.shape, jax.eval_shape(lambda: init_params(CONFIG, key)))
+                lambda a: a.shape, jax.eval_shape(lambda: init_params(CONFIG, key))
+            )
     assert shapes[True] == shapes[False]
 
 
@@ -143,9 +145,9 @@ def force_stress_loss_grad(graphs, params, **options):
 
     with mock.patch.object(energy_module, "M3GNet", model):
         grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
-            g.nodes["atom_types"], g.nodes["positions"], g.globals["lattice"])
-    return dict(zip(("atom_types", "positions", "lattice"), map(np.asarray, grads),
-                    strict=True))
+            g.nodes["atom_types"], g.nodes["positions"], g.globals["lattice"]
+        )
+    return dict(zip(("atom_types", "positions", "lattice"), map(np.asarray, grads), strict=True))
 
 
 def test_gradient_of_force_loss_remat_and_fast(graphs, params):

@@ -43,10 +43,18 @@ from jmattersim._src.padding import BatchBudget
 from jmattersim._src.validate import InvalidStructureError, check_atoms
 
 PROFILES = {
-    "ci": dict(max_examples=100, deadline=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]),
-    "long": dict(max_examples=2000, deadline=None, print_blob=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]),
+    "ci": dict(
+        max_examples=100,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    ),
+    "long": dict(
+        max_examples=2000,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    ),
 }
 for _name, _kwargs in PROFILES.items():
     try:
@@ -87,13 +95,10 @@ WORST: dict[str, float] = {}  # largest relative error seen per quantity, for th
 
 
 @pytest.fixture(scope="module")
-def model(converted, request):
-    with jax.enable_x64(True):  # cast once, not at every call
-        model = jmattersim.load_model(converted["1M"]).astype(jnp.float64)
-    yield Quiet(model)
+def model(model64, request):  # the shared float64 model, with a short repr for hypothesis
+    yield Quiet(model64)
     plugins = request.config.pluginmanager
-    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin(
-        "capturemanager")
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
     if reporter is not None and capture is not None and WORST:
         worst = ", ".join(f"{k} {v:.1e}" for k, v in sorted(WORST.items()))
         with capture.global_and_fixture_disabled():
@@ -137,8 +142,9 @@ def crystals(draw, max_atoms: int = 4) -> Atoms:
     unit = st.floats(-0.25, 0.25, allow_nan=False)
     shape = np.eye(3) + np.array(draw(st.lists(unit, min_size=9, max_size=9))).reshape(3, 3)
     cell = shape * (volume / abs(np.linalg.det(shape))) ** (1 / 3)
-    frac = np.array(draw(st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=3 * n,
-                                  max_size=3 * n))).reshape(n, 3)
+    frac = np.array(
+        draw(st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=3 * n, max_size=3 * n))
+    ).reshape(n, 3)
     atoms = Atoms(numbers=numbers, scaled_positions=frac, cell=cell, pbc=True)
     assume(valid(atoms, min_distance=0.9))
     return atoms
@@ -170,11 +176,13 @@ def rotation(draw) -> np.ndarray:
     q = np.array(draw(st.lists(st.floats(-1.0, 1.0), min_size=4, max_size=4)))
     assume(np.linalg.norm(q) > 0.1)
     w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 @PROFILE
@@ -214,8 +222,9 @@ def test_permutation(model, atoms, data):
 @PROFILE
 @given(atoms=crystals(), data=st.data())
 def test_wrapping_into_the_cell(model, atoms, data):
-    offsets = np.array(data.draw(st.lists(st.integers(-3, 3), min_size=3 * len(atoms),
-                                          max_size=3 * len(atoms)))).reshape(-1, 3)
+    offsets = np.array(
+        data.draw(st.lists(st.integers(-3, 3), min_size=3 * len(atoms), max_size=3 * len(atoms)))
+    ).reshape(-1, 3)
     unwrapped = atoms.copy()
     unwrapped.positions += offsets @ atoms.cell.array
     wrapped = unwrapped.copy()
@@ -253,7 +262,7 @@ def test_equivalent_cells_give_the_same_result(model, atoms, data):
     skewed.set_cell(unimodular(data.draw) @ atoms.cell.array, scale_atoms=False)
     assume(valid(skewed))
     niggli, op = skewed.cell.niggli_reduce()  # ASE's Niggli cell is rotated to a standard
-    reduced = skewed.copy()                   # orientation: keep ours, op.T @ cell
+    reduced = skewed.copy()  # orientation: keep ours, op.T @ cell
     reduced.set_cell(op.T @ skewed.cell.array, scale_atoms=False)
     np.testing.assert_allclose(reduced.cell.cellpar(), niggli.cellpar(), atol=1e-8)
     reduced.wrap()

@@ -24,16 +24,18 @@ from ase.neighborlist import primitive_neighbor_list
 
 import jmattersim
 from jmattersim._src.graph import structure_graph
-from jmattersim.jax_md import (
-    MatterSimNeighborList,
-    atoms_to_jax_md,
+from jmattersim._src.jax_md import (
     build_triplets,
     image_edges,
     image_range,
-    mattersim_neighbor_list,
     neighbor_energy,
-    one_hot,
     perpendicular_widths,
+)
+from jmattersim.jax_md import (
+    MatterSimNeighborList,
+    atoms_to_jax_md,
+    mattersim_neighbor_list,
+    one_hot,
 )
 
 from conftest import MPTRJ
@@ -46,20 +48,23 @@ def frames() -> list[Atoms]:
     return ase.io.read(MPTRJ, index=":")
 
 
-@pytest.fixture(scope="session")
-def model_1m(converted):
-    return jmattersim.load_model(converted["1M"])
-
-
 def hard_cells() -> dict[str, Atoms]:
     """A 1-atom cell with a 2 Å lattice vector, a needle-shaped triclinic cell, a
     slab periodic in x and y only (atoms within the cutoff across its open face)."""
-    one = Atoms("Cu", positions=[[0.3, 0.2, 0.1]],
-                cell=[[2.0, 0.0, 0.0], [0.7, 3.1, 0.0], [0.4, -0.9, 3.4]], pbc=True)
+    one = Atoms(
+        "Cu",
+        positions=[[0.3, 0.2, 0.1]],
+        cell=[[2.0, 0.0, 0.0], [0.7, 3.1, 0.0], [0.4, -0.9, 3.4]],
+        pbc=True,
+    )
     rng = np.random.default_rng(11)
     frac = np.stack([rng.random(6), rng.random(6), (np.arange(6) + rng.random(6) * 0.3) / 6], 1)
-    needle = Atoms("Si2O4", scaled_positions=frac,
-                   cell=[[2.3, 0.0, 0.0], [1.9, 2.6, 0.0], [-1.7, 1.2, 24.0]], pbc=True)
+    needle = Atoms(
+        "Si2O4",
+        scaled_positions=frac,
+        cell=[[2.3, 0.0, 0.0], [1.9, 2.6, 0.0], [-1.7, 1.2, 24.0]],
+        pbc=True,
+    )
     slab = bulk("Al", "fcc", 4.05, cubic=True).repeat((2, 1, 1))
     slab.cell[2, 2] = 6.0  # 2 Å of vacuum: periodic images along z would be in reach
     slab.rattle(0.05, seed=4)
@@ -81,15 +86,20 @@ def edge_keys(senders, receivers, shifts, n_atoms: int) -> np.ndarray:
 
 def reference_keys(atoms: Atoms, cutoff: float = CUTOFF) -> np.ndarray:
     """Edge keys from ASE's ``primitive_neighbor_list`` (independent of jmattersim)."""
-    i, j, n = primitive_neighbor_list("ijS", atoms.pbc, atoms.cell.array, atoms.positions,
-                                      cutoff, self_interaction=False)
+    i, j, n = primitive_neighbor_list(
+        "ijS", atoms.pbc, atoms.cell.array, atoms.positions, cutoff, self_interaction=False
+    )
     return edge_keys(i, j, n, len(atoms))
 
 
 def list_keys(nbrs: MatterSimNeighborList, n_atoms: int) -> np.ndarray:
     m = np.asarray(nbrs.edge_mask)
-    return edge_keys(np.asarray(nbrs.senders)[m], np.asarray(nbrs.receivers)[m],
-                     np.asarray(nbrs.shifts)[m], n_atoms)
+    return edge_keys(
+        np.asarray(nbrs.senders)[m],
+        np.asarray(nbrs.receivers)[m],
+        np.asarray(nbrs.shifts)[m],
+        n_atoms,
+    )
 
 
 def _pad_to(n: int, ladder=(4, 8, 16, 32, 64, 96, 128, 192, 256)) -> int:
@@ -108,24 +118,32 @@ def test_image_edges_equal_ase_on_every_mptrj_frame(frames):
         m = math.prod(2 * x + 1 for x in images)
         chunk = int(max(1, min(16, 3e6 // (size * size * m))))
         max_edges = 256 * math.ceil(max(len(refs[k]) for k in members) / 256 + 0.01)
-        fn = jax.jit(jax.vmap(functools.partial(
-            image_edges, cutoff=CUTOFF, pbc=(True, True, True), images=images,
-            max_edges=max_edges)))
+        fn = jax.jit(
+            jax.vmap(
+                functools.partial(
+                    image_edges,
+                    cutoff=CUTOFF,
+                    pbc=(True, True, True),
+                    images=images,
+                    max_edges=max_edges,
+                )
+            )
+        )
         for start in range(0, len(members), chunk):
-            ks = members[start:start + chunk]
+            ks = members[start : start + chunk]
             ks = ks + [ks[-1]] * (chunk - len(ks))  # one shape per bucket
             pos = np.zeros((chunk, size, 3), np.float32)
             mask = np.zeros((chunk, size), bool)
             boxes = np.zeros((chunk, 3, 3), np.float32)
             for row, k in enumerate(ks):
                 R, box, _ = atoms_to_jax_md(frames[k])
-                pos[row, :len(R)], mask[row, :len(R)], boxes[row] = R, True, box
-            s, r, shifts, emask, _, overflow = jax.device_get(
-                fn(pos, boxes, node_mask=mask))
+                pos[row, : len(R)], mask[row, : len(R)], boxes[row] = R, True, box
+            s, r, shifts, emask, _, overflow = jax.device_get(fn(pos, boxes, node_mask=mask))
             assert not overflow.any()
-            for row, k in enumerate(ks[:len(members[start:start + chunk])]):
-                got = edge_keys(s[row][emask[row]], r[row][emask[row]], shifts[row][emask[row]],
-                                len(frames[k]))
+            for row, k in enumerate(ks[: len(members[start : start + chunk])]):
+                got = edge_keys(
+                    s[row][emask[row]], r[row][emask[row]], shifts[row][emask[row]], len(frames[k])
+                )
                 np.testing.assert_array_equal(got, refs[k], err_msg=f"frame {k}")
                 equal += 1
     assert equal == len(frames) == 1000
@@ -164,45 +182,47 @@ def cell_list_structures(frames) -> dict[str, Atoms]:
     return out
 
 
-def test_cell_list_edges_and_triplets_equal_reference(frames, model_1m):
+def test_cell_list_edges_and_triplets_equal_reference(frames, model):
     """jax-md's cell list (public interface, no skin) against ASE and upstream's graph."""
     structures = cell_list_structures(frames)
     real_cell_lists = 0
     for name, atoms in structures.items():
         R, box, species = atoms_to_jax_md(atoms)
-        neighbor_fn, _ = mattersim_neighbor_list(model_1m, box, species, dr_threshold=0.0)
+        neighbor_fn, _ = mattersim_neighbor_list(model, box, species, dr_threshold=0.0)
         nbrs = neighbor_fn.allocate(R)
         assert nbrs.capacity.method == "cell_list", name
         real_cell_lists += nbrs.inner.cell_list_fn is not None
-        check_list_against_reference(atoms, nbrs, model_1m.config)
+        check_list_against_reference(atoms, nbrs, model.config)
     assert real_cell_lists >= 2
-    print(f"\ncell-list edges and triplets equal on {len(structures)} structures "
-          f"({real_cell_lists} with a jax-md cell list)")
+    print(
+        f"\ncell-list edges and triplets equal on {len(structures)} structures "
+        f"({real_cell_lists} with a jax-md cell list)"
+    )
 
 
 @pytest.mark.parametrize("name", list(hard_cells()))
-def test_hard_cells_edges_and_triplets(name, model_1m):
+def test_hard_cells_edges_and_triplets(name, model):
     atoms = hard_cells()[name]
     R, box, species = atoms_to_jax_md(atoms)
-    neighbor_fn, _ = mattersim_neighbor_list(model_1m, box, species, pbc=atoms.pbc,
-                                             dr_threshold=0.0)
+    neighbor_fn, _ = mattersim_neighbor_list(model, box, species, pbc=atoms.pbc, dr_threshold=0.0)
     nbrs = neighbor_fn.allocate(R)
     assert nbrs.capacity.method == "images"
-    check_list_against_reference(atoms, nbrs, model_1m.config)
+    check_list_against_reference(atoms, nbrs, model.config)
 
 
-def test_energy_forces_match_calculator_public_interface(frames, model_1m):
+def test_energy_forces_match_calculator_public_interface(frames, model):
     """Hard cells, and a Si supercell on the minimum-image method, with a skin:
     energy and forces equal the ASE calculator's."""
-    calc = jmattersim.MatterSimCalculator(model_1m)
+    calc = jmattersim.MatterSimCalculator(model)
     si = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
     si.rattle(0.05, seed=5)
     structures = dict(hard_cells(), si_64_cell_list=si)
     worst = np.zeros(2)
     for name, atoms in structures.items():
         R, box, species = atoms_to_jax_md(atoms)
-        neighbor_fn, energy_fn = mattersim_neighbor_list(model_1m, box, species, pbc=atoms.pbc,
-                                                         dr_threshold=0.3)
+        neighbor_fn, energy_fn = mattersim_neighbor_list(
+            model, box, species, pbc=atoms.pbc, dr_threshold=0.3
+        )
         nbrs = neighbor_fn.allocate(R)
         e, g = jax.jit(jax.value_and_grad(energy_fn))(R, nbrs)
         ref = atoms.copy()
@@ -211,8 +231,10 @@ def test_energy_forces_match_calculator_public_interface(frames, model_1m):
         df = np.abs(-np.asarray(g) - ref.get_forces()).max()
         worst = np.maximum(worst, [de, df])
         assert de <= 1e-5 and df <= 1e-4, (name, de, df)
-    print(f"\npublic interface vs calculator: max |dE| {worst[0]:.1e} eV/atom, "
-          f"max |dF| {worst[1]:.1e} eV/A")
+    print(
+        f"\npublic interface vs calculator: max |dE| {worst[0]:.1e} eV/atom, "
+        f"max |dF| {worst[1]:.1e} eV/A"
+    )
 
 
 def _batched_lists(frames_, size, images, max_edges, max_neighbors, max_triplets, skin):
@@ -224,27 +246,31 @@ def _batched_lists(frames_, size, images, max_edges, max_neighbors, max_triplets
     types = np.zeros((chunk, size), np.int32)
     for row, a in enumerate(frames_):
         R, box, species = atoms_to_jax_md(a)
-        pos[row, :len(a)], mask[row, :len(a)], boxes[row], types[row, :len(a)] = (
-            R, True, box, species)
+        pos[row, : len(a)], mask[row, : len(a)], boxes[row], types[row, : len(a)] = (
+            R,
+            True,
+            box,
+            species,
+        )
 
     def one(R, box, node_mask):
-        s, r, sh, m, d2, over = image_edges(R, box, CUTOFF + skin, (True,) * 3, images,
-                                            max_edges, node_mask)
-        t, tm, tover = build_triplets(s, d2, m, size, CUTOFF3 + skin, max_neighbors,
-                                      max_triplets)
+        s, r, sh, m, d2, over = image_edges(
+            R, box, CUTOFF + skin, (True,) * 3, images, max_edges, node_mask
+        )
+        t, tm, tover = build_triplets(s, d2, m, size, CUTOFF3 + skin, max_neighbors, max_triplets)
         return MatterSimNeighborList(s, r, sh, m, t, tm, R, over | tover, None, None, None)
 
     return pos, boxes, types, mask, jax.vmap(one)(pos, boxes, mask)
 
 
-def test_energy_forces_match_calculator_on_mptrj(frames, model_1m):
+def test_energy_forces_match_calculator_on_mptrj(frames, model):
     """32 frames spread over sizes 2..48: energies and forces from the neighbour
     list's energy (vmapped over padded buckets) equal the ASE calculator's path."""
     picks = sorted((a for a in frames if len(a) <= 48), key=len)
     picks = [picks[k] for k in np.linspace(0, len(picks) - 1, 32).round().astype(int)]
-    refs = jmattersim.evaluate(model_1m, picks)
-    config = model_1m.config
-    model32 = model_1m.astype(jnp.float32)
+    refs = jmattersim.evaluate(model, picks)
+    config = model.config
+    model32 = model.astype(jnp.float32)
     skin = 0.2
     buckets = collections.defaultdict(list)
     for k, a in enumerate(picks):
@@ -252,24 +278,34 @@ def test_energy_forces_match_calculator_on_mptrj(frames, model_1m):
     worst = np.zeros(2)
     for size, members in buckets.items():
         group = [picks[k] for k in members]
-        images = tuple(np.max([image_range(a.cell.array.T, CUTOFF + skin, a.pbc)
-                               for a in group], axis=0).tolist())
+        images = tuple(
+            np.max(
+                [image_range(a.cell.array.T, CUTOFF + skin, a.pbc) for a in group], axis=0
+            ).tolist()
+        )
         # capacities of the lists with the skin, measured on the host
-        skinned = dataclasses.replace(config, cutoff=CUTOFF + skin,
-                                      threebody_cutoff=CUTOFF3 + skin)
+        skinned = dataclasses.replace(config, cutoff=CUTOFF + skin, threebody_cutoff=CUTOFF3 + skin)
         graphs = [structure_graph(a, skinned) for a in group]
         max_edges = max(g.n_edge for g in graphs) + 8
         max_triplets = max(g.n_triplet for g in graphs) + 8
-        max_k = max(int(np.bincount(g.senders[np.unique(g.triplets[:, 0])]).max())
-                    for g in graphs if g.n_triplet) + 1
-        pos, boxes, types, mask, nbrs = _batched_lists(group, size, images, max_edges, max_k,
-                                                       max_triplets, skin)
+        max_k = (
+            max(
+                int(np.bincount(g.senders[np.unique(g.triplets[:, 0])]).max())
+                for g in graphs
+                if g.n_triplet
+            )
+            + 1
+        )
+        pos, boxes, types, mask, nbrs = _batched_lists(
+            group, size, images, max_edges, max_k, max_triplets, skin
+        )
         assert not np.asarray(nbrs.error).any()
         n_real = jnp.asarray([len(a) for a in group])
 
         def energy(R, box, species, nb, n):
-            return neighbor_energy(model32, one_hot(species, config.num_species, jnp.float32),
-                                   R, box, nb, n_real=n)
+            return neighbor_energy(
+                model32, one_hot(species, config.num_species, jnp.float32), R, box, nb, n_real=n
+            )
 
         e, g = jax.jit(jax.vmap(jax.value_and_grad(energy)))(pos, boxes, types, nbrs, n_real)
         for row, k in enumerate(members):
@@ -278,21 +314,23 @@ def test_energy_forces_match_calculator_on_mptrj(frames, model_1m):
             df = np.abs(-np.asarray(g[row, :n]) - refs[k].forces).max()
             worst = np.maximum(worst, [de, df])
             assert de <= 1e-5 and df <= 1e-4, (k, de, df)
-    print(f"\n{len(picks)} mptrj frames vs calculator: max |dE| {worst[0]:.1e} eV/atom, "
-          f"max |dF| {worst[1]:.1e} eV/A")
+    print(
+        f"\n{len(picks)} mptrj frames vs calculator: max |dE| {worst[0]:.1e} eV/atom, "
+        f"max |dF| {worst[1]:.1e} eV/A"
+    )
 
 
-def test_perturbation_gives_calculator_stress(model_1m):
+def test_perturbation_gives_calculator_stress(model):
     """jax-md's pressure/stress convention (``perturbation``) gives the calculator's
     stress: what NPT integrates."""
     from jax_md import quantity
 
     atoms = hard_cells()["needle_triclinic"]
     R, box, species = atoms_to_jax_md(atoms)
-    neighbor_fn, energy_fn = mattersim_neighbor_list(model_1m, box, species, dr_threshold=0.3)
+    neighbor_fn, energy_fn = mattersim_neighbor_list(model, box, species, dr_threshold=0.3)
     nbrs = neighbor_fn.allocate(R)
     stress = jax.jit(lambda R, nb: quantity.stress(energy_fn, R, box, neighbor=nb))(R, nbrs)
     ref = atoms.copy()
-    ref.calc = jmattersim.MatterSimCalculator(model_1m)
+    ref.calc = jmattersim.MatterSimCalculator(model)
     # jax-md's stress is -dE/d eps / V; ASE's is +dE/d eps / V
     np.testing.assert_allclose(-np.asarray(stress), ref.get_stress(voigt=False), atol=2e-5)

@@ -33,8 +33,18 @@ def test_nve_conserves_energy_1m(converted, tmp_path):
     forces are the calculator's."""
     model = jmattersim.load_model(converted["1M"])
     traj = tmp_path / "nve.extxyz"
-    final, log = md(model, si64(), 100, dt=1.0, ensemble="nve", temperature=300.0, chunk=50,
-                    log_every=10, trajectory=str(traj), progress=False)
+    final, log = md(
+        model,
+        si64(),
+        100,
+        dt=1.0,
+        ensemble="nve",
+        temperature=300.0,
+        chunk=50,
+        log_every=10,
+        trajectory=str(traj),
+        progress=False,
+    )
     e = log["conserved"] / 64
     # drift: the systematic change (first vs last fifth), not velocity Verlet's bounded
     # oscillation (max - min, printed)
@@ -48,18 +58,36 @@ def test_nve_conserves_energy_1m(converted, tmp_path):
     ref.calc = jmattersim.MatterSimCalculator(model)
     assert abs(ref.get_potential_energy() - final.get_potential_energy()) / 64 < 1e-5
     np.testing.assert_allclose(final.get_forces(), ref.get_forces(), atol=1e-4)
-    print(f"\nNVE 1M float32, 64 Si, 100 fs: drift {drift:.1e} eV/atom, max-min E_tot "
-          f"{np.ptp(e):.1e} eV/atom")
+    print(
+        f"\nNVE 1M float32, 64 Si, 100 fs: drift {drift:.1e} eV/atom, max-min E_tot "
+        f"{np.ptp(e):.1e} eV/atom"
+    )
 
 
 def test_overflow_detected_reallocated_and_redone(small_model):
     """A list allocated without headroom overflows as the crystal heats; the loop
     re-allocates, redoes the chunk and ends where a run with ample capacity ends."""
     with jax.enable_x64(True):
-        tight_final, tight = md(small_model, si64(), 200, ensemble="nve", temperature=900.0,
-                                chunk=50, progress=False, capacity_multiplier=1.0)
-        ample_final, ample = md(small_model, si64(), 200, ensemble="nve", temperature=900.0,
-                                chunk=50, progress=False, capacity_multiplier=3.0)
+        tight_final, tight = md(
+            small_model,
+            si64(),
+            200,
+            ensemble="nve",
+            temperature=900.0,
+            chunk=50,
+            progress=False,
+            capacity_multiplier=1.0,
+        )
+        ample_final, ample = md(
+            small_model,
+            si64(),
+            200,
+            ensemble="nve",
+            temperature=900.0,
+            chunk=50,
+            progress=False,
+            capacity_multiplier=3.0,
+        )
     assert int(tight["reallocations"]) >= 1
     assert int(ample["reallocations"]) == 0
     np.testing.assert_allclose(tight_final.positions, ample_final.positions, atol=1e-8)
@@ -98,17 +126,33 @@ def test_too_small_capacity_is_flagged(small_model, method_cell):
 
 def test_langevin_holds_temperature(small_model):
     """Mean temperature over the second half within 5 % of the target."""
-    _, log = md(small_model, si64(), 1000, ensemble="nvt_langevin", temperature=600.0,
-                friction=0.05, chunk=250, progress=False)
-    half = log["temperature"][len(log["temperature"]) // 2:]
+    _, log = md(
+        small_model,
+        si64(),
+        1000,
+        ensemble="nvt_langevin",
+        temperature=600.0,
+        friction=0.05,
+        chunk=250,
+        progress=False,
+    )
+    half = log["temperature"][len(log["temperature"]) // 2 :]
     error = abs(half.mean() / 600.0 - 1)
     print(f"\nLangevin 600 K: mean T over the second half {half.mean():.1f} K")
     assert error < 0.05, half.mean()
 
 
 def test_npt_nose_hoover_runs_and_conserves_its_invariant(small_model):
-    _, log = md(small_model, si64(), 200, ensemble="npt_nose_hoover", temperature=300.0,
-                pressure=0.0, chunk=100, progress=False)
+    _, log = md(
+        small_model,
+        si64(),
+        200,
+        ensemble="npt_nose_hoover",
+        temperature=300.0,
+        pressure=0.0,
+        chunk=100,
+        progress=False,
+    )
     assert np.all(np.isfinite(log["conserved"]))
     assert np.ptp(log["volume"]) > 0  # the box moves
     assert np.ptp(log["conserved"]) / 64 < 1e-3
@@ -146,7 +190,14 @@ def test_float32_md_warns_nothing(small_model):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        _, log = md(small_model, bulk("Si", "diamond", 5.43, cubic=True), 4,
-                    ensemble="nvt_langevin", temperature=300.0, chunk=2, log_every=1,
-                    progress=False)
+        _, log = md(
+            small_model,
+            bulk("Si", "diamond", 5.43, cubic=True),
+            4,
+            ensemble="nvt_langevin",
+            temperature=300.0,
+            chunk=2,
+            log_every=1,
+            progress=False,
+        )
     assert np.all(np.isfinite(log["conserved"]))

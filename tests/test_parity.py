@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from ase import Atoms
 
 import jmattersim
 from jmattersim import evaluate
@@ -56,18 +57,22 @@ def test_float32_parity(config_name, converted, reference32, structures, record_
     worst = np.zeros(3)
     for (key, ref), res in zip(refs.items(), results, strict=True):
         n = len(structures[key])
-        errors = np.array([
-            abs(res.energy - ref["energy"]) / n,
-            np.abs(res.forces - ref["forces"]).max(),
-            np.abs(res.stress_gpa - ref["stress_gpa"]).max(),
-        ])
+        errors = np.array(
+            [
+                abs(res.energy - ref["energy"]) / n,
+                np.abs(res.forces - ref["forces"]).max(),
+                np.abs(res.stress_gpa - ref["stress_gpa"]).max(),
+            ]
+        )
         worst = np.maximum(worst, errors)
         assert errors[0] <= 1e-5, f"{key}: |dE| = {errors[0]:.2e} eV/atom"
         assert errors[1] <= 1e-4, f"{key}: max |dF| = {errors[1]:.2e} eV/A"
         assert errors[2] <= 1e-3, f"{key}: max |dsigma| = {errors[2]:.2e} GPa"
     record_property("worst_float32", worst.tolist())
-    print(f"\n{config_name} float32 worst: dE {worst[0]:.2e} eV/atom, dF {worst[1]:.2e} eV/A, "
-          f"dsigma {worst[2]:.2e} GPa over {len(refs)} structures")
+    print(
+        f"\n{config_name} float32 worst: dE {worst[0]:.2e} eV/atom, dF {worst[1]:.2e} eV/A, "
+        f"dsigma {worst[2]:.2e} GPa over {len(refs)} structures"
+    )
 
 
 def relative(delta: np.ndarray, ref: np.ndarray) -> float:
@@ -85,16 +90,20 @@ def test_float64_parity(config_name, converted, potentials, structures, record_p
         assert results[0].forces.dtype == np.float64
     worst = np.zeros(3)
     for (key, ref), res in zip(refs.items(), results, strict=True):
-        errors = np.array([
-            relative(np.array(res.energy - ref["energy"]), np.array(ref["energy"])),
-            relative(res.forces - ref["forces"], ref["forces"]),
-            relative(res.stress_gpa - ref["stress_gpa"], ref["stress_gpa"]),
-        ])
+        errors = np.array(
+            [
+                relative(np.array(res.energy - ref["energy"]), np.array(ref["energy"])),
+                relative(res.forces - ref["forces"], ref["forces"]),
+                relative(res.stress_gpa - ref["stress_gpa"], ref["stress_gpa"]),
+            ]
+        )
         worst = np.maximum(worst, errors)
         assert errors.max() <= 1e-9, f"{key}: relative errors (E, F, sigma) {errors}"
     record_property("worst_float64", worst.tolist())
-    print(f"\n{config_name} float64 worst relative: E {worst[0]:.1e}, F {worst[1]:.1e}, "
-          f"sigma {worst[2]:.1e}")
+    print(
+        f"\n{config_name} float64 worst relative: E {worst[0]:.1e}, F {worst[1]:.1e}, "
+        f"sigma {worst[2]:.1e}"
+    )
 
 
 def test_calculator_matches_upstream_calculator(converted, checkpoints, structures):
@@ -111,6 +120,44 @@ def test_calculator_matches_upstream_calculator(converted, checkpoints, structur
         assert ours.get_property("free_energy", a) == a.get_potential_energy()
         np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-4, err_msg=key)
         # 1e-3 GPa in eV/A^3
-        np.testing.assert_allclose(a.get_stress(), b.get_stress(), atol=1e-3 * 6.2415e-3,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            a.get_stress(), b.get_stress(), atol=1e-3 * 6.2415e-3, err_msg=key
+        )
         assert a.get_stress().shape == (6,)
+
+
+# ------------------------------------------------------------------ isolated atoms vs upstream
+
+
+def test_isolated_atoms_match_upstream(model, checkpoints):
+    """No neighbour within the cutoff: no crash, and the energy upstream's own
+    calculator gives (the per-element readout of the bare embedding, scaled and
+    shifted); zero forces and stress."""
+    from mattersim.forcefield.potential import MatterSimCalculator as UpstreamCalculator
+
+    cases = {
+        "lone Fe": Atoms("Fe", positions=[[1.0, 2.0, 3.0]], cell=np.eye(3) * 12, pbc=True),
+        "lone O molecule": Atoms("O", positions=[[0.0, 0.0, 0.0]]),
+        "Na and Cl 8 Å apart": Atoms(
+            "NaCl", positions=[[0, 0, 0], [8.0, 0, 0]], cell=np.eye(3) * 16.5, pbc=True
+        ),
+    }
+    ours = jmattersim.MatterSimCalculator(model)
+    theirs = UpstreamCalculator(upstream.load_potential(checkpoints["1M"]), device="cpu")
+    for name, atoms in cases.items():
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = ours, theirs
+        energy = a.get_potential_energy()
+        assert abs(energy - b.get_potential_energy()) <= 1e-5 * max(1.0, abs(energy)), name
+        assert abs(energy) > 0.1, name  # a real number, not a trivial zero
+        np.testing.assert_array_equal(a.get_forces(), 0.0, err_msg=name)
+        np.testing.assert_array_equal(a.get_stress(), 0.0, err_msg=name)
+    # two isolated atoms: the sum of their lone energies
+    na, cl = (Atoms(s, cell=np.eye(3) * 16.5, pbc=True) for s in ("Na", "Cl"))
+    pair = cases["Na and Cl 8 Å apart"].copy()
+    pair.calc = ours
+    parts = [ours.get_potential_energy(x) for x in (na, cl)]
+    assert pair.get_potential_energy() == pytest.approx(sum(parts), rel=1e-6)
+
+
+# ------------------------------------------------------------------ load_model

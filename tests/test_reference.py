@@ -30,8 +30,10 @@ def checkpoint() -> Path | None:
     return cached if cached.is_file() else None
 
 
-@pytest.mark.skipif(checkpoint() is None, reason="real mattersim-v1.0.0-1M checkpoint absent "
-                    "(set JMATTERSIM_MATTERSIM_1M)")
+@pytest.mark.skipif(
+    checkpoint() is None,
+    reason="real mattersim-v1.0.0-1M checkpoint absent (set JMATTERSIM_MATTERSIM_1M)",
+)
 def test_real_1m_checkpoint_matches_upstream_baseline():
     calc = jmattersim.MatterSimCalculator(jmattersim.load_model(checkpoint()))
     for name, case in json.loads(BASELINE.read_text()).items():
@@ -41,5 +43,6 @@ def test_real_1m_checkpoint_matches_upstream_baseline():
         want = case["outputs"]
         assert abs(atoms.get_potential_energy() - want["energy"]) / len(atoms) <= 1e-5, name
         np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=1e-4, err_msg=name)
-        np.testing.assert_allclose(atoms.get_stress(voigt=False), want["stress"],
-                                   atol=1e-3 * 6.2415e-3, err_msg=name)
+        np.testing.assert_allclose(
+            atoms.get_stress(voigt=False), want["stress"], atol=1e-3 * 6.2415e-3, err_msg=name
+        )

@@ -21,7 +21,7 @@ from ase.units import GPa
 import jmattersim
 from jmattersim import relax
 
-from conftest import MPTRJ
+from conftest import MPTRJ, small_cell
 
 
 def test_rattled_strained_si_relaxes(small_model):
@@ -34,8 +34,10 @@ def test_rattled_strained_si_relaxes(small_model):
     ref = out.copy()
     ref.calc = jmattersim.MatterSimCalculator(small_model)
     forces, stress = ref.get_forces(), ref.get_stress(voigt=False) / GPa
-    print(f"\nSi 64 relaxed in {out.info['relax_steps']} steps: max |F| "
-          f"{np.abs(forces).max():.1e} eV/A, max |sigma| {np.abs(stress).max():.3f} GPa")
+    print(
+        f"\nSi 64 relaxed in {out.info['relax_steps']} steps: max |F| "
+        f"{np.abs(forces).max():.1e} eV/A, max |sigma| {np.abs(stress).max():.3f} GPa"
+    )
     assert np.abs(forces).max() < 0.01
     assert np.abs(stress).max() < 0.02
     assert abs(ref.get_potential_energy() - out.get_potential_energy()) / 64 < 1e-5
@@ -74,8 +76,9 @@ def test_batched_relaxation_equals_single_ones(small_model, rattled_frames):
     random weights some cells collapse; they fail alike, with their reason)."""
     with jax.enable_x64(True):
         batched = relax(small_model, rattled_frames, fmax=0.01, smax=0.02, max_steps=400)
-        single = [relax(small_model, a, fmax=0.01, smax=0.02, max_steps=400)
-                  for a in rattled_frames]
+        single = [
+            relax(small_model, a, fmax=0.01, smax=0.02, max_steps=400) for a in rattled_frames
+        ]
     diffs, strain = [], []
     for a, b, s in zip(rattled_frames, batched, single, strict=True):
         assert b.info["relax_status"] == s.info["relax_status"], (b.info, s.info)
@@ -89,9 +92,11 @@ def test_batched_relaxation_equals_single_ones(small_model, rattled_frames):
         np.testing.assert_allclose(b.cell.array, s.cell.array, atol=1e-6)
         strain.append(abs(b.get_volume() / a.get_volume() - 1))
     statuses = [b.info["relax_status"] for b in batched]
-    print(f"\nbatched vs single: max |dE| {max(diffs):.1e} eV/atom over {len(diffs)} converged; "
-          f"statuses {dict((s, statuses.count(s)) for s in set(statuses))}; volumes changed by "
-          f"up to {max(strain):.0%}")
+    print(
+        f"\nbatched vs single: max |dE| {max(diffs):.1e} eV/atom over {len(diffs)} converged; "
+        f"statuses {dict((s, statuses.count(s)) for s in set(statuses))}; volumes changed by "
+        f"up to {max(strain):.0%}"
+    )
     assert len(diffs) >= 12
     assert sum(v > 0.01 for v in strain) >= 6  # the cells did relax
     assert max(diffs) < 1e-8
@@ -106,8 +111,7 @@ def test_a_collapsing_structure_fails_alone(small_model, rattled_frames):
         good = [k for k, a in enumerate(alone) if a.info["relax_status"] == "converged"]
         assert bad and len(good) >= 7
         picks = good[:3] + bad[:1] + good[3:7]
-        together = relax(small_model, [rattled_frames[k] for k in picks], fmax=0.01,
-                         max_steps=300)
+        together = relax(small_model, [rattled_frames[k] for k in picks], fmax=0.01, max_steps=300)
     for k, out in zip(picks, together, strict=True):
         ref = alone[k]
         assert out.info["relax_status"] == ref.info["relax_status"]
@@ -118,5 +122,15 @@ def test_a_collapsing_structure_fails_alone(small_model, rattled_frames):
             assert out.calc is None  # no results for a geometry never evaluated
         else:
             np.testing.assert_allclose(out.positions, ref.positions, atol=1e-8)
-            np.testing.assert_allclose(out.get_potential_energy(), ref.get_potential_energy(),
-                                       rtol=1e-10)
+            np.testing.assert_allclose(
+                out.get_potential_energy(), ref.get_potential_energy(), rtol=1e-10
+            )
+
+
+def test_relax_rejects_bad_input_naming_it(model):
+    from jmattersim._src.validate import InvalidStructureError
+
+    close = small_cell()
+    close.positions[1] = close.positions[0] + [0.2, 0.2, 0.2]
+    with pytest.raises(InvalidStructureError, match=r"structure 1 \(Si2\): atoms 0 and 1"):
+        jmattersim.relax(model, [small_cell(), close])

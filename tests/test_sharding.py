@@ -15,10 +15,18 @@ SCRIPT = Path(__file__).parent / "scripts" / "sharded_forward.py"
 
 
 def test_forward_batch_sharded_over_4_devices_equals_one_device(converted):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(converted["1M"]), str(MPTRJ)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(converted["1M"]), str(MPTRJ)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))
     report = json.loads(line.removeprefix("REPORT "))

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import ase.io
 import pytest
-
-import jmattersim
-from jmattersim._src.config import M3GNetConfig
+from small_reference import MODEL
 
 from conftest import MPTRJ
 
@@ -22,30 +20,37 @@ EXE = Path(sys.executable).with_name("jmattersim")
 
 
 @pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    """A small random model: resuming is about bookkeeping, not the physics."""
-    path = tmp_path_factory.mktemp("small") / "model"
-    jmattersim.save_model(jmattersim.init_model(M3GNetConfig(num_blocks=1, units=16), seed=3),
-                          path)
-    return path
+def small_model():
+    """The stored small model's directory: resuming is about bookkeeping, not physics."""
+    return MODEL
 
 
 def predict(model, out: Path, *extra: str) -> list[str]:
-    return [str(EXE), "predict", str(MPTRJ), "--model", str(model), "--out", str(out),
-            "--chunk", "100", *extra]
+    return [
+        str(EXE),
+        "predict",
+        str(MPTRJ),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--chunk",
+        "100",
+        *extra,
+    ]
 
 
 def test_interrupted_predict_resumes_to_the_uninterrupted_output(small_model, tmp_path):
     whole = tmp_path / "whole.extxyz"
-    run = subprocess.run(predict(small_model, whole), capture_output=True, text=True,
-                         timeout=900)
+    run = subprocess.run(predict(small_model, whole), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert not whole.with_name(whole.name + ".progress.json").exists()
 
     out = tmp_path / "resumed.extxyz"
     state = out.with_name(out.name + ".progress.json")
-    proc = subprocess.Popen(predict(small_model, out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        predict(small_model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         if state.is_file() and json.loads(state.read_text())["frames"] >= 300:
@@ -56,7 +61,7 @@ def test_interrupted_predict_resumes_to_the_uninterrupted_output(small_model, tm
     frames_then = json.loads(state.read_text())["frames"]
     assert 300 <= frames_then < 1000, frames_then
     with open(out, "ab") as f:  # the kill may land mid-write: leave a torn tail
-        f.write(b"42\nLattice=\"1 0 0")
+        f.write(b'42\nLattice="1 0 0')
 
     run = subprocess.run(predict(small_model, out), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -18,16 +18,29 @@ from .validate import checked_graph, structure_label
 
 
 class MatterSimCalculator(Calculator):
-    """Energy, free energy, forces and stress of MatterSim, computed in JAX.
+    """ASE calculator: energy, free energy, forces and stress of MatterSim, in JAX.
 
-    model: a :class:`jmattersim.Model`, a model directory, a ``.pth`` checkpoint or a
-    published name (default ``mattersim-v1.0.0-1M``). Stress is ASE's (eV/Å^3):
-    upstream's GPa value times ``stress_weight`` (ASE's GPa, as upstream).
-    Computes in float64 when ``jax_enable_x64`` is on, float32 otherwise.
+    A drop-in for upstream's ``MatterSimCalculator``. Results: ``energy`` and
+    ``free_energy`` eV; ``forces`` (N, 3) eV/Å; ``stress`` (6,) Voigt, eV/Å³
+    (ASE's unit and sign), upstream's GPa value times ``stress_weight``. Forces
+    and stress come from automatic differentiation.
 
-    Each structure runs through :mod:`jmattersim.engine` in the smallest budget of
-    ``ladder`` (default :data:`jmattersim.engine.LADDER`) that holds it: a process
-    compiles at most one function per rung, whatever structures it is given.
+    Each structure runs through the evaluation engine in the smallest budget of
+    ``ladder`` that holds it: a process compiles at most one function per rung,
+    whatever structures it is given. Every structure is checked first: an
+    [`InvalidStructureError`][jmattersim.InvalidStructureError] names the problem.
+
+    Args:
+        model: a [`Model`][jmattersim.Model], a model directory, a ``.pth``
+            checkpoint or a published name (default ``mattersim-v1.0.0-1M``).
+        compute_stress: also compute the stress.
+        stress_weight: factor from GPa to the reported stress (default
+            ``ase.units.GPa``: eV/Å³).
+        dtype (numpy dtype or None): float32 or float64 (default: float64 when
+            ``jax_enable_x64`` is on, float32 otherwise).
+        ladder (sequence of BatchBudget or None): the budgets (default
+            [`jmattersim.LADDER`][jmattersim.LADDER]).
+        **kwargs (Any): passed to ASE's ``Calculator``.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -54,10 +67,31 @@ class MatterSimCalculator(Calculator):
 
     @classmethod
     def from_checkpoint(cls, load_path: str, **kwargs) -> MatterSimCalculator:
+        """A calculator of the model at ``load_path`` (as upstream's constructor).
+
+        Args:
+            load_path: a model directory, a ``.pth`` checkpoint or a published name.
+            **kwargs (Any): the constructor's other arguments.
+
+        Returns:
+            The calculator.
+        """
         return cls(load_model(load_path), **kwargs)
 
-    def calculate(self, atoms: Atoms | None = None, properties=None,
-                  system_changes=all_changes):
+    def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
+        """Computes every implemented property of ``atoms`` into ``self.results``
+        (ASE's calculator protocol; call ``atoms.get_forces()`` etc. instead).
+
+        Args:
+            atoms: the structure (default: the attached one).
+            properties (list of str or None): requested properties (all are
+                computed together).
+            system_changes (list of str): what changed since the last call (ASE's).
+
+        Raises:
+            InvalidStructureError: the structure is unfit for the model.
+            FloatingPointError: the model returned a non-finite energy or forces.
+        """
         super().calculate(atoms, properties or ["energy"], system_changes)
         config = self.model.config
         label = structure_label(None, self.atoms.numbers)
@@ -65,8 +99,10 @@ class MatterSimCalculator(Calculator):
         (out,) = engine.run(self.model, [graph], dtype=self.dtype, ladder=self.ladder)
         forces = np.asarray(out.forces, dtype=float)
         if not (np.isfinite(out.energy) and np.isfinite(forces).all()):
-            raise FloatingPointError(f"{label}: the model returned a non-finite energy or "
-                                     "forces (are the model's parameters finite?)")
+            raise FloatingPointError(
+                f"{label}: the model returned a non-finite energy or "
+                "forces (are the model's parameters finite?)"
+            )
         self.results.update(energy=out.energy, free_energy=out.energy, forces=forces)
         if self.compute_stress:
             stress_gpa = np.asarray(out.stress, dtype=float) * EV_PER_A3_TO_GPA

@@ -1,7 +1,7 @@
 """Converted models on disk: an Orbax checkpoint plus ``config.json``.
 
 Below the conversion (``convert_weights``) and the name resolution
-(:mod:`jmattersim.io`): nothing here reads ``.pth`` files or downloads.
+(:mod:`jmattersim._src.io`): nothing here reads ``.pth`` files or downloads.
 
 Layout of a model directory::
 
@@ -35,34 +35,60 @@ FORMAT = "jmattersim"
 class Model:
     """A converted MatterSim model: its config and its Flax variables.
 
-    params: {"params": weights, "constants": basis buffers}, float32 as stored.
+    Make one with [`load_model`][jmattersim.load_model] (or
+    [`init_model`][jmattersim.init_model]); every entry point takes it.
+
+    Attributes:
+        config: the architecture, an [`M3GNetConfig`][jmattersim.M3GNetConfig].
+        params: the Flax variables ``{"params": weights, "constants": basis
+            buffers}``, float32 as stored.
+        source: where the weights came from (checkpoint name, sha256, ...).
     """
 
     config: M3GNetConfig
     params: Any
     source: dict = dataclasses.field(default_factory=dict, compare=False)
-    _cast: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # cast copies by dtype; not an init field, so dataclasses.replace(model, params=...)
+    # starts with an empty cache instead of the old parameters' casts
+    _cast: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
     def astype(self, dtype) -> Model:
-        """The same model with every array a JAX array of ``dtype`` (float64 needs
-        x64); cached, so repeated calls cost nothing."""
+        """The same model with every array a JAX array of ``dtype``; cached, so
+        repeated calls cost nothing.
+
+        Args:
+            dtype (numpy dtype): e.g. ``jnp.float32``, or ``jnp.float64`` (needs
+                ``jax_enable_x64``).
+
+        Returns:
+            The cast [`Model`][jmattersim.Model].
+        """
         key = np.dtype(dtype).name
         if key in self._cast:
             return self._cast[key]
         with jax.ensure_compile_time_eval():  # concrete arrays, even while jit traces
             cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), self.params)
-        model = dataclasses.replace(self, params=cast, _cast={})
+        model = dataclasses.replace(self, params=cast)
         if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(cast)):
             self._cast[key] = model  # traced parameters are never kept
         return model
 
     @property
     def num_parameters(self) -> int:
+        """The number of weights (the basis constants not counted)."""
         return sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(self.params["params"]))
 
 
 def init_model(config: M3GNetConfig, seed: int = 0) -> Model:
-    """A model with fresh random weights (for tests and demos: not physics)."""
+    """A model with fresh random weights (for tests and demos: not physics).
+
+    Args:
+        config: the architecture.
+        seed: the random seed of the initialisation.
+
+    Returns:
+        The [`Model`][jmattersim.Model].
+    """
     return Model(config, init_params(config, jax.random.key(seed)), {"init_seed": seed})
 
 
@@ -94,7 +120,23 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterato
 
 
 def save_model(model: Model, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Writes ``model`` to the directory ``out`` atomically."""
+    """Writes ``model`` to the directory ``out`` atomically.
+
+    The directory holds an Orbax checkpoint (``params/``) and ``config.json``
+    (upstream's ``model_args`` and the model's source); it is written beside
+    ``out`` and renamed into place, so a failed write leaves nothing.
+
+    Args:
+        model: the [`Model`][jmattersim.Model].
+        out: the directory to write.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        ``out``, as a ``Path``.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+    """
     import orbax.checkpoint as ocp
 
     with atomic_directory(out, overwrite) as tmp:
@@ -138,8 +180,10 @@ def read_model(path: str | os.PathLike) -> Model:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(path.absolute() / "params")
     except Exception as e:  # Orbax/tensorstore raise many types for damaged files
-        raise ValueError(f"cannot restore the parameters in {path / 'params'} (corrupt or "
-                         f"partial checkpoint): {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"cannot restore the parameters in {path / 'params'} (corrupt or "
+            f"partial checkpoint): {type(e).__name__}: {e}"
+        ) from e
     params = jax.tree_util.tree_map(np.asarray, params)
     check_params(params, config, str(path))
     return Model(config, params, meta.get("source", {}))
@@ -149,23 +193,30 @@ def check_params(params: Any, config: M3GNetConfig, where: str = "model") -> Non
     """Raises ValueError unless ``params`` has exactly the variables, shapes and
     finite values that ``config`` needs: a damaged model never gives a number."""
     want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    flat_want = {jax.tree_util.keystr(k): v.shape
-                 for k, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    flat_want = {
+        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(want)[0]
+    }
     try:
-        flat_got = {jax.tree_util.keystr(k): np.asarray(v)
-                    for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        flat_got = {
+            jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+        }
     except Exception as e:  # pragma: no cover - exotic containers
         raise ValueError(f"{where}: parameters are not a tree of arrays ({e})") from e
     missing = sorted(set(flat_want) - set(flat_got))
     extra = sorted(set(flat_got) - set(flat_want))
     if missing or extra:
-        raise ValueError(f"{where}: parameters do not match {config}: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}")
+        raise ValueError(
+            f"{where}: parameters do not match {config}: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}"
+        )
     for key, shape in flat_want.items():
         value = flat_got[key]
         stored_as = value.size == int(np.prod(shape)) and key.startswith("['constants']")
         if value.shape != tuple(shape) and not stored_as:  # buffers: (1,) for a scalar
-            raise ValueError(f"{where}: parameter {key} has shape {value.shape}, expected "
-                             f"{tuple(shape)} for {config}")
+            raise ValueError(
+                f"{where}: parameter {key} has shape {value.shape}, expected "
+                f"{tuple(shape)} for {config}"
+            )
         if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
             raise ValueError(f"{where}: parameter {key} is not finite floating point")

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "mattersim-v1.0.0-1M"
+from .published import DEFAULT as DEFAULT_MODEL
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -34,16 +34,25 @@ def predict_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     written = done
     try:
-        for count in predict_file(model, src, out, chunk=chunk, mesh=mesh,
-                                  resume=not args.restart, progress=not args.quiet):
+        for count in predict_file(
+            model,
+            src,
+            out,
+            chunk=chunk,
+            mesh=mesh,
+            resume=not args.restart,
+            progress=not args.quiet,
+        ):
             written = count
     except InvalidStructureError as e:
-        print(f"jmattersim predict: {src}: {e} ({written} frames before it are in {out}; "
-              "fix the frame and rerun to resume)", file=sys.stderr)
+        print(
+            f"jmattersim predict: {src}: {e} ({written} frames before it are in {out}; "
+            "fix the frame and rerun to resume)",
+            file=sys.stderr,
+        )
         return 1
     except Exception as e:  # ASE raises many types for unreadable files
-        print(f"jmattersim predict: cannot read '{src}': {type(e).__name__}: {e}",
-              file=sys.stderr)
+        print(f"jmattersim predict: cannot read '{src}': {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     if written == 0:
         print(f"jmattersim predict: '{src}' holds no structures", file=sys.stderr)
@@ -69,17 +78,29 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="energy, forces and stress of every frame of FILE")
     p.add_argument("file", help="any structure file ASE reads (extxyz, cif, POSCAR, traj...)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="converted model directory, a .pth checkpoint, or a published name "
-                   f"(default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="converted model directory, a .pth checkpoint, or a published name "
+        f"(default {DEFAULT_MODEL})",
+    )
     p.add_argument("--out", help="output extxyz (default FILE.jmattersim.extxyz)")
-    p.add_argument("--chunk", type=int, default=None,
-                   help="frames evaluated and written at a time (default 256: a chunk "
-                   "packs into the engine's largest budget, so a run compiles once)")
-    p.add_argument("--devices", choices=["all", "one"], default="all",
-                   help="split batches across all local devices (default), or use one")
-    p.add_argument("--restart", action="store_true",
-                   help="ignore an interrupted run's progress and start over")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="frames evaluated and written at a time (default 256: a chunk "
+        "packs into the engine's largest budget, so a run compiles once)",
+    )
+    p.add_argument(
+        "--devices",
+        choices=["all", "one"],
+        default="all",
+        help="split batches across all local devices (default), or use one",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="ignore an interrupted run's progress and start over"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     return predict_command(args)

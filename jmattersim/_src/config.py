@@ -16,7 +16,17 @@ class M3GNetConfig:
     """Hyper-parameters of MatterSim's M3GNet (upstream ``M3Gnet.model_args``).
 
     Defaults are upstream's constructor defaults; published checkpoints always
-    carry their own values, so read them with :meth:`from_model_args`.
+    carry their own values, so read them with
+    [`from_model_args`][jmattersim.M3GNetConfig.from_model_args].
+
+    Attributes:
+        num_blocks: interaction blocks (1M: 3, 5M: 4).
+        units: hidden width (1M: 128, 5M: 256).
+        max_l: spherical-harmonic degrees of the three-body basis (1..4).
+        max_n: radial functions of the three-body basis (1..4).
+        cutoff: two-body cutoff, Å.
+        threebody_cutoff: three-body cutoff, Å (at most ``cutoff``).
+        max_z: largest atomic number; atom types are one-hot over 0..max_z.
     """
 
     num_blocks: int = 4
@@ -43,8 +53,18 @@ class M3GNetConfig:
 
     @classmethod
     def from_model_args(cls, model_args: Mapping[str, Any]) -> M3GNetConfig:
-        """Builds the config from upstream ``model_args``, accepting extra
-        entries that do not change the model (``gradient_checkpointing``)."""
+        """Builds the config from upstream ``model_args``.
+
+        Entries that do not change the model (``device``,
+        ``gradient_checkpointing``) are accepted; other unknown entries are
+        ignored with a warning.
+
+        Args:
+            model_args: upstream's ``model_args`` mapping (from a checkpoint).
+
+        Returns:
+            The config.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(model_args) - names - _IGNORED_MODEL_ARGS
         if unknown:  # upstream's M3Gnet swallows them in **kwargs; so do we, aloud
@@ -54,4 +74,9 @@ class M3GNetConfig:
         return cls(**{k: (float(v) if types[k] == "float" else int(v)) for k, v in kwargs.items()})
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as upstream ``model_args`` (a plain dict).
+
+        Returns:
+            ``{"num_blocks": ..., "units": ..., ...}``.
+        """
         return dataclasses.asdict(self)

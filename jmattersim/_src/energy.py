@@ -2,10 +2,10 @@
 
 Two ways to get a topology, one model underneath:
 
-- host graphs (:mod:`jmattersim.graph`) packed into a padded :class:`Batch`:
+- host graphs (:mod:`jmattersim._src.graph`) packed into a padded :class:`Batch`:
   :func:`predict` (the calculator, :func:`jmattersim.evaluate`, ``forward_batch``);
 - topology recomputed inside the function at every call
-  (:mod:`jmattersim.neighbors`): :func:`energy_fn` (one structure, a pure
+  (:mod:`jmattersim._src.neighbors`): :func:`energy_fn` (one structure, a pure
   function of params, atom types, positions and lattice) and
   :func:`batch_energy_fn` / :func:`batch_properties_fn` (a jraph ``GraphsTuple``).
 
@@ -35,8 +35,17 @@ EV_PER_A3_TO_GPA = 1.0 / GPa
 
 
 class Predictions(NamedTuple):
-    """energy (G,) eV; forces (N, 3) eV/Å; stress (G, 3, 3) eV/Å^3. Graphs after
-    the real ones, and their nodes, are padding."""
+    """Energies, forces and stresses of a padded batch, from
+    [`batch_properties_fn`][jmattersim.batch_properties_fn].
+
+    Graphs after the real ones, and their nodes, are padding.
+
+    Attributes:
+        energy: (G,) eV.
+        forces: (N, 3) eV/Å.
+        stress: (G, 3, 3) **eV/Å³** (ASE's unit and sign, positive under tension):
+            dE/dε / V for a strain ε applied as ``x @ (I + ε)``.
+    """
 
     energy: Array
     forces: Array
@@ -81,8 +90,15 @@ def energies(
     edge_vectors = positions[topo.senders] - (positions[topo.receivers] + offsets)
     if within_cutoffs:
         topo = restrict_to_cutoffs(topo, edge_vectors, config)
-    inputs = ModelInputs(atom_types, edge_vectors, topo.senders, topo.receivers,
-                         topo.edge_mask, topo.triplets, topo.triplet_mask)
+    inputs = ModelInputs(
+        atom_types,
+        edge_vectors,
+        topo.senders,
+        topo.receivers,
+        topo.edge_mask,
+        topo.triplets,
+        topo.triplet_mask,
+    )
     atom_energies = M3GNet(config, soft_normalize=soft_normalize, remat=remat).apply(params, inputs)
     return jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
 
@@ -100,12 +116,20 @@ def restrict_to_cutoffs(topo: Topology, edge_vectors: Array, config: M3GNetConfi
 def batch_topology(batch: Batch) -> Topology:
     """The host-built topology carried by a padded :class:`Batch`."""
     g = batch.graph
-    return Topology(g.senders, g.receivers, g.edges["shifts"], jraph.get_edge_padding_mask(g),
-                    batch.triplets, batch.triplet_mask, jnp.asarray(False))
+    return Topology(
+        g.senders,
+        g.receivers,
+        g.edges["shifts"],
+        jraph.get_edge_padding_mask(g),
+        batch.triplets,
+        batch.triplet_mask,
+        jnp.asarray(False),
+    )
 
 
-def _forces_and_stress(energy_of: Callable, positions: Array, lattice: Array,
-                       real: Array) -> Predictions:
+def _forces_and_stress(
+    energy_of: Callable, positions: Array, lattice: Array, real: Array
+) -> Predictions:
     """energy_of(positions, strain) -> (G,); differentiates the total over the
     real graphs (``real`` (G,) bool)."""
 
@@ -115,25 +139,42 @@ def _forces_and_stress(energy_of: Callable, positions: Array, lattice: Array,
 
     strain = jnp.zeros_like(lattice)
     (_, e), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
-        positions, strain)
+        positions, strain
+    )
     unit = jnp.eye(3, dtype=lattice.dtype)
     volume = jnp.abs(jnp.linalg.det(jnp.where(real[:, None, None], lattice, unit)))
     return Predictions(e, -de_dr, de_deps / volume[:, None, None])
 
 
-def predict(config: M3GNetConfig, params: Params, batch: Batch, soft_normalize: bool = True,
-            within_cutoffs: bool = False) -> Predictions:
+def predict(
+    config: M3GNetConfig,
+    params: Params,
+    batch: Batch,
+    soft_normalize: bool = True,
+    within_cutoffs: bool = False,
+) -> Predictions:
     """Energies, forces (-dE/dr) and stresses (dE/d eps / V) of a host-built batch
     (``within_cutoffs``: its lists hold a skin, see :func:`energies`)."""
     g = batch.graph
     topo = batch_topology(batch)
 
     def energy_of(positions, strain):
-        return energies(config, params, g.nodes["atom_types"], positions, g.globals["lattice"],
-                        g.n_node, topo, strain, soft_normalize, within_cutoffs=within_cutoffs)
+        return energies(
+            config,
+            params,
+            g.nodes["atom_types"],
+            positions,
+            g.globals["lattice"],
+            g.n_node,
+            topo,
+            strain,
+            soft_normalize,
+            within_cutoffs=within_cutoffs,
+        )
 
-    return _forces_and_stress(energy_of, g.nodes["positions"], g.globals["lattice"],
-                              jraph.get_graph_padding_mask(g))
+    return _forces_and_stress(
+        energy_of, g.nodes["positions"], g.globals["lattice"], jraph.get_graph_padding_mask(g)
+    )
 
 
 def _with_overflow_nan(value: Array, overflow: Array) -> Array:
@@ -149,23 +190,51 @@ def energy_fn(
     remat: bool = False,
     **capacities: Any,
 ) -> Callable[[Params, Array, Array, Array], Array]:
-    """A pure ``energy(params, atom_types, positions, lattice) -> scalar`` (eV).
+    """A pure energy function of one periodic structure, differentiable in every input.
 
-    atom_types (N, max_z+1): one-hot or any distribution over elements;
-    positions (N, 3) Cartesian Å; lattice (3, 3), rows are lattice vectors.
-    The topology is rebuilt inside at every call within the static capacity
-    (a :class:`~jmattersim.neighbors.TopologyCapacity`, or its fields as keywords:
-    ``max_edges``, ``max_triplets``, ``max_neighbors``, ``max_pairs``; see
-    :func:`~jmattersim.neighbors.capacity_for`); if it does not fit, the energy
-    is NaN. jit, grad (any argument), vmap, hessian and jvp apply.
+    The topology is rebuilt inside at every call within the static capacity; if
+    the structure does not fit it, the energy is NaN (never a number from a
+    truncated topology). ``jax.jit``, ``jax.grad`` (any argument, params
+    included), ``jax.vmap`` (same-size structures), ``jax.hessian`` and
+    ``jax.jvp`` apply.
+
+    Args:
+        config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig]
+            (``model.config``).
+        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity], e.g. from
+            [`capacity_for`][jmattersim.capacity_for].
+        soft_normalize: apply the per-element scale and shift as
+            ``atom_types @ scale`` (True), or those of each atom's most likely
+            element (False, no gradient through them).
+        remat: recompute each interaction block in the backward pass
+            (``jax.checkpoint``): the same numbers, less memory for gradients.
+        **capacities: the fields of a ``TopologyCapacity`` (``max_edges``,
+            ``max_triplets``, ``max_neighbors``, ``max_pairs``, ...) instead of
+            ``capacity``.
+
+    Returns:
+        ``energy(params, atom_types, positions, lattice) -> ()`` eV, where
+        ``params`` is ``model.params``; atom_types (N, max_z + 1) one-hot or any
+        distribution over elements; positions (N, 3) Cartesian Å; lattice (3, 3)
+        Å, rows are lattice vectors. Its gradients: eV/Å in positions (minus the
+        forces) and in lattice.
     """
     capacity = capacity or TopologyCapacity(**capacities)
 
     def energy(params: Params, atom_types: Array, positions: Array, lattice: Array) -> Array:
         n_node = jnp.array([positions.shape[0]])
         topo = topology(positions, lattice[None], n_node, config, capacity)
-        e = energies(config, params, atom_types, positions, lattice[None], n_node, topo,
-                     soft_normalize=soft_normalize, remat=remat)[0]
+        e = energies(
+            config,
+            params,
+            atom_types,
+            positions,
+            lattice[None],
+            n_node,
+            topo,
+            soft_normalize=soft_normalize,
+            remat=remat,
+        )[0]
         return _with_overflow_nan(e, topo.overflow)
 
     return energy
@@ -176,8 +245,9 @@ def graph_mask(graph: jraph.GraphsTuple) -> Array:
     return jraph.get_graph_padding_mask(graph)
 
 
-def graph_topology(graph: jraph.GraphsTuple, config: M3GNetConfig,
-                   capacity: TopologyCapacity) -> tuple[Array, Topology]:
+def graph_topology(
+    graph: jraph.GraphsTuple, config: M3GNetConfig, capacity: TopologyCapacity
+) -> tuple[Array, Topology]:
     """Safe lattices (a unit cube for padding graphs) and the in-jit topology of
     a padded jraph graph; ``graph.globals["pbc"]`` (G, 3) is optional."""
     graph = graph._replace(n_node=jnp.asarray(graph.n_node))  # jraph's masks index it
@@ -185,8 +255,15 @@ def graph_topology(graph: jraph.GraphsTuple, config: M3GNetConfig,
     real = graph_mask(graph)
     lattice = jnp.where(real[:, None, None], lattice, jnp.eye(3, dtype=lattice.dtype))
     pbc = graph.globals.get("pbc") if isinstance(graph.globals, dict) else None
-    topo = topology(graph.nodes["positions"], lattice, graph.n_node, config, capacity,
-                    jraph.get_node_padding_mask(graph), pbc)
+    topo = topology(
+        graph.nodes["positions"],
+        lattice,
+        graph.n_node,
+        config,
+        capacity,
+        jraph.get_node_padding_mask(graph),
+        pbc,
+    )
     return lattice, topo
 
 
@@ -205,14 +282,24 @@ def batch_predict(
 
     graph.nodes = {"atom_types": (N, max_z+1), "positions": (N, 3)},
     graph.globals = {"lattice": (G, 3, 3), optional "pbc": (G, 3) bool}, n_node
-    (G,), padded in jraph's convention (:func:`jmattersim.batch.pad_graph`).
+    (G,), padded in jraph's convention (:func:`jmattersim.pad_graph`).
     """
     graph = graph._replace(n_node=jnp.asarray(graph.n_node))
     lattice, topo = graph_topology(graph, config, capacity)
 
     def energy_of(positions, strain=None):
-        return energies(config, params, graph.nodes["atom_types"], positions, lattice,
-                        graph.n_node, topo, strain, soft_normalize, remat)
+        return energies(
+            config,
+            params,
+            graph.nodes["atom_types"],
+            positions,
+            lattice,
+            graph.n_node,
+            topo,
+            strain,
+            soft_normalize,
+            remat,
+        )
 
     real = graph_mask(graph)
     if not derivatives:
@@ -223,33 +310,67 @@ def batch_predict(
 
 
 def batch_energy_fn(
-    config: M3GNetConfig, capacity: TopologyCapacity, soft_normalize: bool = True,
+    config: M3GNetConfig,
+    capacity: TopologyCapacity,
+    soft_normalize: bool = True,
     remat: bool = False,
 ) -> Callable[[Params, jraph.GraphsTuple], Array]:
-    """``energies(params, graph) -> (G,)`` eV for a padded jraph graph (as in
-    :func:`batch_predict`); NaN where a capacity overflows, 0 for padding graphs.
-    Pure: jit, grad and vmap apply."""
+    """A pure energy function of a padded batch (a jraph ``GraphsTuple``).
+
+    The topology is rebuilt inside at every call within ``capacity`` (counts over
+    the whole batch). Pure: ``jax.jit``, ``jax.grad`` and ``jax.vmap`` apply.
+
+    Args:
+        config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
+        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity] for the
+            whole batch (``capacity_for(..., batch_size=G)``).
+        soft_normalize: per-element scale and shift as ``atom_types @ scale``
+            (True) or of each atom's most likely element (False).
+        remat: recompute each interaction block in the backward pass.
+
+    Returns:
+        ``energies(params, graph) -> (G,)`` eV: NaN where the capacity
+        overflows, 0 for padding graphs. ``graph.nodes`` holds ``atom_types``
+        (N, max_z + 1) and ``positions`` (N, 3) Å; ``graph.globals`` holds
+        ``lattice`` (G, 3, 3) Å rows and optionally ``pbc`` (G, 3) bool;
+        ``graph.n_node`` (G,); padded in jraph's convention (the first graph
+        after the real ones holds the padding nodes).
+    """
 
     def batch_energies(params: Params, graph: jraph.GraphsTuple) -> Array:
-        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, False,
-                                      remat)
+        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, False, remat)
         return _with_overflow_nan(out.energy, overflow)
 
     return batch_energies
 
 
 def batch_properties_fn(
-    config: M3GNetConfig, capacity: TopologyCapacity, soft_normalize: bool = True,
+    config: M3GNetConfig,
+    capacity: TopologyCapacity,
+    soft_normalize: bool = True,
     remat: bool = False,
 ) -> Callable[[Params, jraph.GraphsTuple], Predictions]:
-    """``properties(params, graph) -> Predictions`` (energy (G,) eV, forces (N, 3)
-    eV/Å, stress (G, 3, 3) eV/Å^3) of a padded jraph graph (as in
-    :func:`batch_predict`), NaN where a capacity overflows; differentiable again
-    (a loss on forces or stresses has gradients in every input and in params)."""
+    """A pure function of a padded batch giving energies, forces and stresses in one call.
+
+    Differentiable again: a loss on forces or stresses has gradients in every
+    input and in params (force and stress training, inverse design).
+
+    Args:
+        config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
+        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity] for the
+            whole batch.
+        soft_normalize: per-element scale and shift as ``atom_types @ scale``
+            (True) or of each atom's most likely element (False).
+        remat: recompute each interaction block in the backward pass.
+
+    Returns:
+        ``properties(params, graph) -> Predictions``: energy (G,) eV, forces
+        (N, 3) eV/Å, stress (G, 3, 3) **eV/Å³**; NaN where the capacity
+        overflows. ``graph`` as for [`batch_energy_fn`][jmattersim.batch_energy_fn].
+    """
 
     def properties(params: Params, graph: jraph.GraphsTuple) -> Predictions:
-        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, True,
-                                      remat)
+        out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, True, remat)
         return Predictions(*(_with_overflow_nan(v, overflow) for v in out))
 
     return properties

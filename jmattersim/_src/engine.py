@@ -1,8 +1,8 @@
 """The evaluation engine: the one path from concrete structures to energies,
 forces and stresses.
 
-Structures become host graphs (:mod:`jmattersim.graph`, exact, as upstream builds
-them), are packed into a few fixed budgets (:class:`~jmattersim.padding.BatchBudget`,
+Structures become host graphs (:mod:`jmattersim._src.graph`, exact, as upstream builds
+them), are packed into a few fixed budgets (:class:`~jmattersim.BatchBudget`,
 first-fit decreasing, in the spirit of ``jraph.dynamically_batch``), padded, and
 run through one compiled function per budget and dtype (:func:`predict_batch`).
 The ASE calculator, :func:`jmattersim.evaluate`, ``jmattersim predict`` and
@@ -15,7 +15,7 @@ compiled functions: a process compiles at most one function per rung of
 - One structure alone (the calculator), or a short run, runs in the smallest
   rung that holds it.
 - A structure larger than a rung runs in the next; beyond the top rung it gets
-  its own budget, each count rounded up to :func:`~jmattersim.padding.bucket`.
+  its own budget, each count rounded up to :func:`~jmattersim._src.padding.bucket`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ LADDER: tuple[BatchBudget, ...] = (
     BatchBudget(nodes=384, edges=3072, triplets=49152, graphs=128),
     BatchBudget(nodes=1536, edges=12288, triplets=196608, graphs=512),
 )
+"""The engine's budgets, smallest first: 768, 3072 and 12288 edges (16 triplets per
+edge, one atom per 8 edges). The calculator, ``evaluate``, ``jmattersim predict``,
+``forward_batch`` on concrete inputs and ``relax`` pack structures into them, so a
+process compiles at most one function per budget (and one per structure beyond the
+largest)."""
 SHORT_RUN = 4  # groups: up to this many run in the smallest rungs that hold them
 
 
@@ -69,8 +74,9 @@ def smallest_rung(counts: Counts, ladder: Sequence[BatchBudget] = LADDER) -> Bat
     return tight_budget(counts)
 
 
-def first_fit_decreasing(items: Sequence[int], counts: Sequence[Counts],
-                         budget: BatchBudget) -> list[list[int]]:
+def first_fit_decreasing(
+    items: Sequence[int], counts: Sequence[Counts], budget: BatchBudget
+) -> list[list[int]]:
     """Packs ``items`` (indices into ``counts``) into as few groups as fit ``budget``:
     largest first (by the budget share of their largest count), each into the
     first group it fits. Groups list their items in increasing order."""
@@ -90,8 +96,9 @@ def first_fit_decreasing(items: Sequence[int], counts: Sequence[Counts],
     return [sorted(g) for g in groups]
 
 
-def plan(counts: Sequence[Counts], ladder: Sequence[BatchBudget] = LADDER
-         ) -> list[tuple[list[int], BatchBudget]]:
+def plan(
+    counts: Sequence[Counts], ladder: Sequence[BatchBudget] = LADDER
+) -> list[tuple[list[int], BatchBudget]]:
     """Groups of structure indices and the budget each runs in (see the module
     notes). Every structure is in exactly one group.
 
@@ -117,8 +124,11 @@ def plan(counts: Sequence[Counts], ladder: Sequence[BatchBudget] = LADDER
                 if _cost(again, counts, ladder) < _cost(sparse, counts, ladder):
                     groups = [g for g in groups if _fill(g, counts, main) >= 0.5] + again
         out = [(g, smallest_rung(_total(g, counts), ladder)) for g in groups]
-    out += [([k], smallest_rung(counts[k], ladder)) for k in range(len(counts))
-            if not main.holds(counts[k])]
+    out += [
+        ([k], smallest_rung(counts[k], ladder))
+        for k in range(len(counts))
+        if not main.holds(counts[k])
+    ]
     return sorted(out)
 
 
@@ -130,8 +140,9 @@ def _fill(group: Sequence[int], counts: Sequence[Counts], budget: BatchBudget) -
     return _total(group, counts).edges / budget.edges
 
 
-def _cost(groups: Sequence[Sequence[int]], counts: Sequence[Counts],
-          ladder: Sequence[BatchBudget]) -> float:
+def _cost(
+    groups: Sequence[Sequence[int]], counts: Sequence[Counts], ladder: Sequence[BatchBudget]
+) -> float:
     return sum(smallest_rung(_total(g, counts), ladder).cost() for g in groups)
 
 
@@ -142,22 +153,44 @@ _TRACES: list[tuple] = []
 _RECORDERS: list[set] = []
 
 
-@functools.partial(jax.jit, static_argnames=("config", "derivatives", "within_cutoffs",
-                                             "soft_normalize"))
-def predict_batch(config: M3GNetConfig, params, batch, derivatives: bool = True,
-                  within_cutoffs: bool = False, soft_normalize: bool = True) -> Predictions:
-    """:func:`jmattersim.energy.predict` (or energies only, without ``derivatives``),
+@functools.partial(
+    jax.jit, static_argnames=("config", "derivatives", "within_cutoffs", "soft_normalize")
+)
+def predict_batch(
+    config: M3GNetConfig,
+    params,
+    batch,
+    derivatives: bool = True,
+    within_cutoffs: bool = False,
+    soft_normalize: bool = True,
+) -> Predictions:
+    """:func:`jmattersim._src.energy.predict` (or energies only, without ``derivatives``),
     compiled once per config, budget and dtype."""
-    _TRACES.append((config, tuple(batch.graph.n_node.shape), batch.graph.senders.shape,
-                    batch.triplets.shape, derivatives))
+    _TRACES.append(
+        (
+            config,
+            tuple(batch.graph.n_node.shape),
+            batch.graph.senders.shape,
+            batch.triplets.shape,
+            derivatives,
+        )
+    )
     if derivatives:
         return predict(config, params, batch, soft_normalize, within_cutoffs)
     from .energy import batch_topology, energies
 
     g = batch.graph
-    e = energies(config, params, g.nodes["atom_types"], g.nodes["positions"],
-                 g.globals["lattice"], g.n_node, batch_topology(batch),
-                 soft_normalize=soft_normalize, within_cutoffs=within_cutoffs)
+    e = energies(
+        config,
+        params,
+        g.nodes["atom_types"],
+        g.nodes["positions"],
+        g.globals["lattice"],
+        g.n_node,
+        batch_topology(batch),
+        soft_normalize=soft_normalize,
+        within_cutoffs=within_cutoffs,
+    )
     return Predictions(e, None, None)
 
 
@@ -166,8 +199,11 @@ def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], BatchBudg
     by_budget: dict[BatchBudget, list[list[int]]] = {}
     for group, budget in groups:
         by_budget.setdefault(budget, []).append(group)
-    return [(members[i:i + devices], budget) for budget, members in by_budget.items()
-            for i in range(0, len(members), devices)]
+    return [
+        (members[i : i + devices], budget)
+        for budget, members in by_budget.items()
+        for i in range(0, len(members), devices)
+    ]
 
 
 def _collect(step, result, graphs, out, stacked: bool) -> None:
@@ -177,7 +213,7 @@ def _collect(step, result, graphs, out, stacked: bool) -> None:
         start = 0
         for i, k in enumerate(group):
             n = graphs[k].n_node
-            forces = None if part.forces is None else np.asarray(part.forces[start:start + n])
+            forces = None if part.forces is None else np.asarray(part.forces[start : start + n])
             stress = None if part.stress is None else np.asarray(part.stress[i])
             out[k] = Evaluation(float(part.energy[i]), forces, stress)
             start += n
@@ -202,8 +238,13 @@ def recording() -> Iterator[set]:
 
 
 @functools.lru_cache(maxsize=8)
-def _sharded_predict(config: M3GNetConfig, derivatives: bool, within_cutoffs: bool,
-                     soft_normalize: bool, mesh: jax.sharding.Mesh):
+def _sharded_predict(
+    config: M3GNetConfig,
+    derivatives: bool,
+    within_cutoffs: bool,
+    soft_normalize: bool,
+    mesh: jax.sharding.Mesh,
+):
     def fn(params, batch):
         return predict_batch(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 
@@ -213,10 +254,16 @@ def _sharded_predict(config: M3GNetConfig, derivatives: bool, within_cutoffs: bo
 # ------------------------------------------------------------------------------ run
 
 
-def run(model: Model, graphs: Sequence[StructureGraph], *, derivatives: bool = True,
-        dtype=None, ladder: Sequence[BatchBudget] | None = None,
-        mesh: jax.sharding.Mesh | None = None, soft_normalize: bool = True
-        ) -> list[Evaluation]:
+def run(
+    model: Model,
+    graphs: Sequence[StructureGraph],
+    *,
+    derivatives: bool = True,
+    dtype=None,
+    ladder: Sequence[BatchBudget] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    soft_normalize: bool = True,
+) -> list[Evaluation]:
     """Energies (and forces, stresses) of ``graphs``, in their order.
 
     Calls run one at a time (on a CPU, overlapping calls slow each other down and
@@ -244,7 +291,6 @@ def run(model: Model, graphs: Sequence[StructureGraph], *, derivatives: bool = T
             batches += [pad([], budget, config, dtype)] * (mesh.size - len(step))
             result = run_step(params, sharding.place(sharding.stack(batches), mesh))
         else:
-            result = predict_batch(config, params, batches[0], derivatives, within,
-                                   soft_normalize)
+            result = predict_batch(config, params, batches[0], derivatives, within, soft_normalize)
         _collect(step, result, graphs, out, stacked_runs)
     return out  # type: ignore[return-value]

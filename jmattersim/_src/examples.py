@@ -13,17 +13,25 @@ from typing import NamedTuple
 from .checkpoint import Model, init_model
 from .config import M3GNetConfig
 from .io import load_model
-from .published import ARCHITECTURES
+from .published import ARCHITECTURES, DEFAULT
 from .runtime import cache_dir
 
 
 def random_checkpoint(path: str | os.PathLike, seed: int = 0, **model_args) -> Path:
     """Saves upstream MatterSim's M3Gnet with seeded random weights through its own
-    ``Potential.save`` (needs torch and the ``mattersim`` package).
+    ``Potential.save``: a genuine-format checkpoint (needs torch and ``mattersim``).
 
     Weights have a gain that keeps activations of order one, and the per-element
     scale and shift are random (shift in [-10, 0] eV, scale in [0.5, 2]), so that a
     wrong weight mapping cannot hide behind near-zero energies.
+
+    Args:
+        path: the ``.pth`` file to write (its directory is created).
+        seed: torch's random seed.
+        **model_args (int): upstream ``model_args`` (``num_blocks``, ``units``, ...).
+
+    Returns:
+        ``path``, as a ``Path``.
     """
     import torch
 
@@ -50,25 +58,41 @@ def random_checkpoint(path: str | os.PathLike, seed: int = 0, **model_args) -> P
 
 
 class Demo(NamedTuple):
-    """A model, what it is (a sentence to show), and its .pth file (None if
-    it has none)."""
+    """A model for a demo, from [`demo_model`][jmattersim.testing.demo_model].
+
+    Attributes:
+        model: the [`Model`][jmattersim.Model].
+        description: what it is, a sentence to show (random weights say so).
+        checkpoint: its ``.pth`` file, or None if it has none.
+    """
 
     model: Model
     description: str
     checkpoint: Path | None
 
 
-def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> Demo:
-    """A :class:`Demo`. The published checkpoint ``name`` if it is cached or
-    can be downloaded; else upstream's model of that configuration with seeded
-    random weights, saved by upstream and converted by jmattersim (needs torch
-    and mattersim); else jmattersim's own random initialisation."""
+def demo_model(name: str = DEFAULT, seed: int = 0) -> Demo:
+    """The published checkpoint where it can be had, else a labelled random model.
+
+    The published checkpoint ``name`` if it is cached or can be downloaded;
+    else upstream's model of that configuration with seeded random weights,
+    saved by upstream and converted by jmattersim (needs torch and mattersim);
+    else jmattersim's own random initialisation.
+
+    Args:
+        name: a published name (see [`PUBLISHED`][jmattersim.PUBLISHED]).
+        seed: random seed of the random weights.
+
+    Returns:
+        A [`Demo`][jmattersim.testing.Demo]: the model, a sentence saying what it
+        is, and its checkpoint.
+    """
     try:
         from convert_weights.convert import fetch_pretrained
 
         path = fetch_pretrained(name)
         return Demo(load_model(path), f"the published {name} checkpoint", path)
-    except (ConnectionError, OSError, ValueError) as e:
+    except (ConnectionError, OSError, ValueError, ImportError) as e:
         reason = str(e).split(". ")[0]
     path = cache_dir() / "demo" / f"random-{name}-seed{seed}.pth"
     try:
@@ -79,6 +103,8 @@ def demo_model(name: str = "mattersim-v1.0.0-1M", seed: int = 0) -> Demo:
     except ImportError:
         model, path = init_model(M3GNetConfig(**ARCHITECTURES[name]), seed), None
         kind = "jmattersim's random initialisation"
-    description = (f"{kind} in the {name} configuration ({reason}). Its energies, forces "
-                   "and stresses are NOT physics: they show the machinery.")
+    description = (
+        f"{kind} in the {name} configuration ({reason}). Its energies, forces "
+        "and stresses are NOT physics: they show the machinery."
+    )
     return Demo(model, description, path)

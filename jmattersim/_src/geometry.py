@@ -14,9 +14,14 @@ def widths(cell, xp=np):
     """(..., 3) distances between opposite faces of (..., 3, 3) cells (rows)."""
     a, b, c = cell[..., 0, :], cell[..., 1, :], cell[..., 2, :]
     volume = xp.abs(xp.sum(a * xp.cross(b, c), axis=-1))
-    areas = xp.stack([xp.linalg.norm(xp.cross(b, c), axis=-1),
-                      xp.linalg.norm(xp.cross(c, a), axis=-1),
-                      xp.linalg.norm(xp.cross(a, b), axis=-1)], axis=-1)
+    areas = xp.stack(
+        [
+            xp.linalg.norm(xp.cross(b, c), axis=-1),
+            xp.linalg.norm(xp.cross(c, a), axis=-1),
+            xp.linalg.norm(xp.cross(a, b), axis=-1),
+        ],
+        axis=-1,
+    )
     return volume[..., None] / areas
 
 
@@ -42,8 +47,9 @@ def molecule_box(positions: np.ndarray, cutoff: float) -> np.ndarray:
     return np.eye(3) * float(np.max(extent + 5 * cutoff))
 
 
-def periodic_cell(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool],
-                  cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+def periodic_cell(
+    positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], cutoff: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(cell, pbc) as upstream evaluates a structure: unchanged, or upstream's
     cubic box (all periodic) when no axis is periodic."""
     pbc = np.asarray(pbc, bool)

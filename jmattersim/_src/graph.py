@@ -9,7 +9,7 @@ cutoff. Cell rows are lattice vectors (ASE's convention).
 With a ``skin``, both cutoffs grow by it: the list then holds every pair the
 energy can need until some atom has moved ``skin / 2``, and the energy keeps the
 pairs within the cutoffs at the positions it is given
-(:func:`jmattersim.energy.energies` with ``within_cutoffs``).
+(:func:`jmattersim._src.energy.energies` with ``within_cutoffs``).
 """
 
 from __future__ import annotations
@@ -80,20 +80,22 @@ def neighbor_list(
     pbc = np.asarray(pbc, bool)
     n = len(positions)
     reach = image_range(cell, cutoff, pbc)
-    images = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"),
-                      axis=-1).reshape(-1, 3)
+    images = np.stack(
+        np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"), axis=-1
+    ).reshape(-1, 3)
     if n * n * len(images) > _DENSE_PAIRS:
         i, j, shifts, d = primitive_neighbor_list(
-            "ijSd", pbc, cell, positions, cutoff, self_interaction=False,
-            use_scaled_positions=False)
+            "ijSd", pbc, cell, positions, cutoff, self_interaction=False, use_scaled_positions=False
+        )
         order = np.lexsort((j, i))
         return i[order], j[order], shifts[order].astype(np.int64), d[order]
     wrap = np.zeros_like(positions)
     if pbc.any():
         wrap = np.where(pbc, np.floor(np.linalg.solve(cell.T, positions.T).T), 0.0)
     wrapped = positions - wrap @ cell
-    vec = (wrapped[:, None, None, :]
-           - (wrapped[None, :, None, :] + (images @ cell)[None, None, :, :]))  # (N, N, M, 3)
+    vec = wrapped[:, None, None, :] - (
+        wrapped[None, :, None, :] + (images @ cell)[None, None, :, :]
+    )  # (N, N, M, 3)
     d2 = np.einsum("ijmk,ijmk->ijm", vec, vec)
     within = d2 < cutoff * cutoff
     zero = int(np.flatnonzero((images == 0).all(axis=1))[0])
@@ -122,20 +124,29 @@ def triplet_indices(senders: np.ndarray, distances: np.ndarray, cutoff: float) -
     return np.stack([bonds[first[keep]], bonds[second[keep]]], axis=1)
 
 
-def graph_of(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool],
-             config: M3GNetConfig, numbers: np.ndarray | None = None,
-             atom_types: np.ndarray | None = None, skin: float = 0.0) -> StructureGraph:
+def graph_of(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: Sequence[bool],
+    config: M3GNetConfig,
+    numbers: np.ndarray | None = None,
+    atom_types: np.ndarray | None = None,
+    skin: float = 0.0,
+) -> StructureGraph:
     """The graph of one structure given as arrays (positions Å, cell rows, pbc).
 
     A structure with no periodic direction is put in upstream's cubic box
-    (:func:`jmattersim.geometry.molecule_box`) and treated as periodic, as upstream does.
+    (:func:`jmattersim._src.geometry.molecule_box`) and treated as periodic, as upstream does.
     """
     positions = np.asarray(positions, dtype=float)
     cell, pbc = periodic_cell(positions, cell, pbc, config.cutoff)
     senders, receivers, shifts, d = neighbor_list(positions, cell, pbc, config.cutoff + skin)
     if numbers is None:
-        numbers = np.argmax(atom_types, axis=-1) if atom_types is not None else \
-            np.zeros(len(positions), np.int64)
+        numbers = (
+            np.argmax(atom_types, axis=-1)
+            if atom_types is not None
+            else np.zeros(len(positions), np.int64)
+        )
     return StructureGraph(
         numbers=np.asarray(numbers, dtype=np.int64),
         positions=positions,
@@ -151,11 +162,11 @@ def graph_of(positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool],
     )
 
 
-def structure_graph(atoms: ase.Atoms, config: M3GNetConfig, skin: float = 0.0
-                    ) -> StructureGraph:
+def structure_graph(atoms: ase.Atoms, config: M3GNetConfig, skin: float = 0.0) -> StructureGraph:
     """Graph of an ASE structure, as upstream builds it (see :func:`graph_of`)."""
-    return graph_of(atoms.positions, atoms.cell.array, atoms.pbc, config,
-                    numbers=atoms.numbers, skin=skin)
+    return graph_of(
+        atoms.positions, atoms.cell.array, atoms.pbc, config, numbers=atoms.numbers, skin=skin
+    )
 
 
 def neighbors_in_threebody(g: StructureGraph) -> int:

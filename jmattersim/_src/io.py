@@ -1,6 +1,6 @@
 """``load_model``: a model directory, a MatterSim ``.pth`` checkpoint, or a published name.
 
-Above both the on-disk format (:mod:`jmattersim.checkpoint`) and the conversion
+Above both the on-disk format (:mod:`jmattersim._src.checkpoint`) and the conversion
 (``convert_weights``, which needs torch only for ``.pth`` files).
 """
 
@@ -15,9 +15,26 @@ from .runtime import cache_dir
 
 
 def load_model(path: str | os.PathLike) -> Model:
-    """Loads a model: a directory written by ``jmattersim-convert``, a MatterSim
-    ``.pth`` checkpoint (converted in memory; needs torch), or a published name
-    (``mattersim-v1.0.0-1M``/``-5M``: converted once into ``~/.cache/jmattersim``)."""
+    """Loads a model from a directory, a MatterSim checkpoint or a published name.
+
+    Args:
+        path: a directory written by ``jmattersim-convert`` (or
+            [`save_model`][jmattersim.save_model]); a MatterSim ``.pth``
+            checkpoint (converted in memory; needs torch); or a published name
+            (``mattersim-v1.0.0-1M`` or ``-5M``, see
+            [`PUBLISHED`][jmattersim.PUBLISHED]), downloaded where upstream
+            downloads it and converted once into ``~/.cache/jmattersim``
+            (``$JMATTERSIM_CACHE``).
+
+    Returns:
+        The [`Model`][jmattersim.Model].
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConnectionError: a published checkpoint is neither cached nor downloadable
+            (pass a local ``.pth`` instead).
+        ValueError: the directory or checkpoint is corrupt or incomplete.
+    """
     if canonical_name(str(path)):
         path = pretrained(str(path))
     path = Path(path).expanduser()

@@ -26,7 +26,7 @@ triplets of bonds within ``threebody_cutoff + skin``; :func:`mattersim_neighbor_
 energy keeps the edges within the cutoffs at the positions it is given, so a list
 stays valid until some atom has moved ``skin / 2``. Capacities are static; too small a
 capacity (or a box deformed beyond what the list assumed) sets ``did_buffer_overflow``,
-and the caller re-allocates (see :func:`jmattersim.md.md`).
+and the caller re-allocates (see :func:`jmattersim.md`).
 """
 
 from __future__ import annotations
@@ -50,12 +50,15 @@ from .neighbors import Topology, build_triplets
 
 @pydc.dataclass(frozen=True)
 class NeighborListCapacity:
-    """Static sizes of a MatterSim neighbour list.
+    """Static sizes of a MatterSim neighbour list, set by ``allocate``.
 
-    method: "images" or "cell_list"; max_edges: pairs within cutoff + skin (images
-    method; the cell list has jax-md's own capacity); max_neighbors: bonds per atom
-    within threebody_cutoff + skin; max_triplets: ordered bond pairs; images: largest
-    |n_k| tried per lattice vector (images method).
+    Attributes:
+        method: "images" or "cell_list".
+        max_edges: pairs within cutoff + skin ("images" method; the cell list
+            has jax-md's own capacity).
+        max_neighbors: bonds per atom within threebody_cutoff + skin.
+        max_triplets: ordered pairs of bonds of one atom.
+        images: largest |n_k| tried per lattice vector ("images" method).
     """
 
     method: str
@@ -69,10 +72,23 @@ class NeighborListCapacity:
 class MatterSimNeighborList:
     """MatterSim's topology, as a jax-md style neighbour list (a pytree).
 
-    senders, receivers (E,) int32; shifts (E, 3) image n (float, integer-valued);
-    edge_mask (E,) bool; triplets (T, 2) edge indices (ij, ik); triplet_mask (T,);
-    reference_position (N, 3) fractional; error () bool, sticky: True once a
-    capacity overflowed; inner: jax-md's ``NeighborList`` (cell-list method) or None.
+    Made by ``neighbor_fn.allocate(R)`` of
+    [`mattersim_neighbor_list`][jmattersim.jax_md.mattersim_neighbor_list];
+    ``nbrs.update(R)`` rebuilds it within its capacity (jittable).
+
+    Attributes:
+        senders: (E,) int32 index of atom i of each edge (i, j, n).
+        receivers: (E,) int32 index of atom j.
+        shifts: (E, 3) image n (floats, integer-valued); the edge vector is
+            ``box @ (R_i - R_j - n)``.
+        edge_mask: (E,) bool, False for padding edges.
+        triplets: (T, 2) int32 edge indices (ij, ik).
+        triplet_mask: (T,) bool, False for padding triplets.
+        reference_position: (N, 3) fractional positions it was built at.
+        error: () bool, sticky: True once a capacity overflowed.
+        inner: jax-md's ``NeighborList`` ("cell_list" method) or None.
+        capacity: its [`NeighborListCapacity`][jmattersim.jax_md.NeighborListCapacity].
+        update_fn: the function ``update`` calls.
     """
 
     senders: Array
@@ -88,17 +104,36 @@ class MatterSimNeighborList:
     update_fn: Callable = dataclasses.static_field()
 
     def update(self, position: Array, **kwargs) -> MatterSimNeighborList:
+        """The list rebuilt at ``position`` within its capacity (jittable).
+
+        Args:
+            position: (N, 3) fractional positions.
+            **kwargs (Array): ``box=`` (3, 3) Å for a changed box (NPT).
+
+        Returns:
+            The new list; check its ``did_buffer_overflow``.
+        """
         return self.update_fn(position, self, **kwargs)
 
     @property
     def did_buffer_overflow(self) -> Array:
+        """() bool: a capacity overflowed (re-allocate), as jax-md's lists."""
         return self.error
 
 
 @dataclasses.dataclass
 class NeighborFns:
-    """``allocate(R, box=None, extra_capacity=0)`` (host, not jittable) and
-    ``update(R, nbrs, box=None)`` (jittable), as jax-md's ``NeighborListFns``."""
+    """The two neighbour-list functions, as jax-md's ``NeighborListFns``.
+
+    Unpacks as ``allocate, update = neighbor_fn``.
+
+    Attributes:
+        allocate: ``allocate(R, box=None, extra_capacity=0,
+            capacity_multiplier=...) -> MatterSimNeighborList``: sizes and builds a
+            list on the host (not jittable).
+        update: ``update(R, nbrs, box=None) -> MatterSimNeighborList``: rebuilds
+            it within its capacity (jittable).
+    """
 
     allocate: Callable = dataclasses.static_field()
     update: Callable = dataclasses.static_field()
@@ -115,8 +150,13 @@ def perpendicular_widths(box: Array, xp=np) -> Array:
     """(3,) distances between opposite faces of the cell spanned by the columns of ``box``."""
     a, b, c = box[:, 0], box[:, 1], box[:, 2]
     volume = xp.abs(xp.dot(a, xp.cross(b, c)))
-    areas = xp.stack([xp.linalg.norm(xp.cross(b, c)), xp.linalg.norm(xp.cross(c, a)),
-                      xp.linalg.norm(xp.cross(a, b))])
+    areas = xp.stack(
+        [
+            xp.linalg.norm(xp.cross(b, c)),
+            xp.linalg.norm(xp.cross(c, a)),
+            xp.linalg.norm(xp.cross(a, b)),
+        ]
+    )
     return volume / areas
 
 
@@ -135,7 +175,7 @@ def upper_triangular(box: Array) -> Array:
 
 
 def choose_method(box: np.ndarray, cutoff: float, pbc: Sequence[bool]) -> str:
-    """"cell_list" when the minimum image is exact (all widths > 2 cutoff, all
+    """ "cell_list" when the minimum image is exact (all widths > 2 cutoff, all
     periodic), "images" otherwise."""
     ok = all(pbc) and bool(np.all(perpendicular_widths(np.asarray(box)) > 2 * cutoff))
     return "cell_list" if ok else "images"
@@ -151,8 +191,13 @@ def _image_table(images: Sequence[int]) -> np.ndarray:
 
 
 def image_edges(
-    position: Array, box: Array, cutoff: float, pbc: Sequence[bool], images: Sequence[int],
-    max_edges: int, node_mask: Array | None = None,
+    position: Array,
+    box: Array,
+    cutoff: float,
+    pbc: Sequence[bool],
+    images: Sequence[int],
+    max_edges: int,
+    node_mask: Array | None = None,
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Every (i, j, n) with |box @ (R_i - R_j - n)| < cutoff, no self pair at n = 0.
 
@@ -185,8 +230,14 @@ def image_edges(
     shifts = jnp.where(mask[:, None], shifts, 0.0)
     needed = image_range(box, cutoff, pbc, xp=jnp)
     overflow = (count > max_edges) | jnp.any(needed > jnp.asarray(images))
-    return (a.astype(jnp.int32), b.astype(jnp.int32), shifts, mask,
-            jnp.where(mask, d2.reshape(-1)[idx], jnp.inf), overflow)
+    return (
+        a.astype(jnp.int32),
+        b.astype(jnp.int32),
+        shifts,
+        mask,
+        jnp.where(mask, d2.reshape(-1)[idx], jnp.inf),
+        overflow,
+    )
 
 
 def cell_list_edges(
@@ -211,8 +262,14 @@ def cell_list_edges(
 
 
 def neighbor_energy(
-    model: Model, atom_types: Array, position: Array, box: Array, nbrs: MatterSimNeighborList,
-    perturbation: Array | None = None, n_real: Array | None = None, soft_normalize: bool = True,
+    model: Model,
+    atom_types: Array,
+    position: Array,
+    box: Array,
+    nbrs: MatterSimNeighborList,
+    perturbation: Array | None = None,
+    n_real: Array | None = None,
+    soft_normalize: bool = True,
     remat: bool = True,
 ) -> Array:
     """Total energy (eV) of one structure from a :class:`MatterSimNeighborList`.
@@ -227,14 +284,20 @@ def neighbor_energy(
     n = position.shape[0]
     real = space.transform(box, position)  # Cartesian; d/dR is Cartesian (custom JVP)
     lattice = box.T[None]
-    vec = jax.lax.stop_gradient(
-        real[nbrs.senders] - real[nbrs.receivers] - nbrs.shifts @ box.T)
+    vec = jax.lax.stop_gradient(real[nbrs.senders] - real[nbrs.receivers] - nbrs.shifts @ box.T)
     d2 = jnp.sum(vec * vec, axis=-1)
     edge_mask = nbrs.edge_mask & (d2 < config.cutoff**2)
     in3 = edge_mask & (d2 <= config.threebody_cutoff**2)
     triplet_mask = nbrs.triplet_mask & in3[nbrs.triplets[:, 0]] & in3[nbrs.triplets[:, 1]]
-    topo = Topology(nbrs.senders, nbrs.receivers, nbrs.shifts, edge_mask, nbrs.triplets,
-                    triplet_mask, nbrs.error)
+    topo = Topology(
+        nbrs.senders,
+        nbrs.receivers,
+        nbrs.shifts,
+        edge_mask,
+        nbrs.triplets,
+        triplet_mask,
+        nbrs.error,
+    )
     strain = None
     if perturbation is not None:  # scalar (isotropic, as jax-md's NPT) or (3, 3)
         eye = jnp.eye(3, dtype=real.dtype)
@@ -245,8 +308,9 @@ def neighbor_energy(
         lattice = jnp.concatenate([lattice, jnp.eye(3, dtype=box.dtype)[None]])
         if strain is not None:
             strain = jnp.concatenate([strain, jnp.zeros_like(strain)])
-    e = energies(config, model.params, atom_types, real, lattice, n_node, topo, strain,
-                 soft_normalize, remat)
+    e = energies(
+        config, model.params, atom_types, real, lattice, n_node, topo, strain, soft_normalize, remat
+    )
     return e[0]
 
 
@@ -261,6 +325,16 @@ def _as_int32(idx: Array) -> Array:
 
 
 def one_hot(species: Array, num_species: int, dtype) -> Array:
+    """Atom types of atomic numbers, as the model takes them.
+
+    Args:
+        species: (N,) atomic numbers.
+        num_species: width, ``config.num_species`` (max_z + 1).
+        dtype (numpy dtype): float dtype of the result.
+
+    Returns:
+        (N, num_species) one-hot rows.
+    """
     return jax.nn.one_hot(jnp.asarray(species), num_species, dtype=dtype)
 
 
@@ -279,24 +353,39 @@ def mattersim_neighbor_list(
 ) -> tuple[NeighborFns, Callable[..., Array]]:
     """MatterSim's neighbour list and energy in jax-md's conventions.
 
-    model: a :class:`jmattersim.Model`; box (3, 3) Å, ``atoms.cell.T`` (columns are
-    lattice vectors); species (N,) atomic numbers; pbc: periodic axes (open axes need
-    the "images" method); dr_threshold: skin in Å (pairs within cutoff + skin are
-    listed; the list holds until an atom moves skin / 2; the model runs on every
-    listed pair, those beyond the cutoff masked, so a thin skin is cheaper and a
-    list updated every step needs little); capacity_multiplier:
-    headroom of every capacity; method: "images", "cell_list" or None (chosen from the
-    cell at each allocation, see the module notes). remat: recompute each
-    interaction block in the backward pass (``jax.checkpoint``): the same forces
-    with a fraction of the memory; on CPU it keeps the cost per atom flat up to
-    8000 atoms, where storing the blocks is slower. dtype: float64 under x64,
-    float32 otherwise.
+    The list is exact for every cell: jax-md's O(N) cell list when every
+    perpendicular width exceeds 2 × (cutoff + skin) and all directions are
+    periodic, image enumeration otherwise. The energy takes jax-md's
+    ``perturbation``, so ``quantity.stress``, ``quantity.pressure`` and
+    ``simulate.npt_nose_hoover`` work.
 
-    Returns ``(neighbor_fn, energy_fn)``: ``nbrs = neighbor_fn.allocate(R)``,
-    ``nbrs = nbrs.update(R)`` (or ``neighbor_fn.update(R, nbrs, box=box)`` for a
-    changing box), and ``energy_fn(R, neighbor=nbrs, box=box, perturbation=None)``
-    -> eV, for ``R`` (N, 3) fractional. Check ``nbrs.did_buffer_overflow`` and
-    re-allocate, as with jax-md's lists.
+    Args:
+        model: the [`Model`][jmattersim.Model].
+        box: (3, 3) Å, ``atoms.cell.T`` (columns are lattice vectors).
+        species: (N,) atomic numbers.
+        pbc: periodic axes (open axes need the "images" method).
+        dr_threshold: the skin, Å: pairs within cutoff + skin are listed, and the
+            list holds until an atom moves skin / 2. The model runs on every
+            listed pair (those beyond the cutoff masked), so a thin skin is
+            cheaper, and a list updated every step needs little.
+        capacity_multiplier: headroom of every capacity.
+        method: "images", "cell_list" or None (chosen from the cell at each
+            allocation).
+        soft_normalize: per-element scale and shift as ``atom_types @ scale``.
+        remat: recompute each interaction block in the backward pass
+            (``jax.checkpoint``): the same forces with a fraction of the memory;
+            on CPU it keeps the cost per atom flat up to 8000 atoms.
+        dtype (numpy dtype or None): float64 under x64, float32 otherwise.
+
+    Returns:
+        ``(neighbor_fn, energy_fn)``. ``neighbor_fn`` is a
+        [`NeighborFns`][jmattersim.jax_md.NeighborFns]:
+        ``nbrs = neighbor_fn.allocate(R)``, then ``nbrs = nbrs.update(R)`` (or
+        ``neighbor_fn.update(R, nbrs, box=box)`` for a changing box); check
+        ``nbrs.did_buffer_overflow`` and re-allocate, as with jax-md's lists.
+        ``energy_fn(R, neighbor=nbrs, box=None, perturbation=None) -> ()`` eV,
+        for ``R`` (N, 3) fractional; ``-grad`` in ``R`` is the Cartesian force,
+        eV/Å.
     """
     dtype = dtype or default_float()
     config = model.config
@@ -312,9 +401,15 @@ def mattersim_neighbor_list(
     def inner_fns(b, capacity_multiplier):
         displacement, _ = space.periodic_general(upper_triangular(b), fractional_coordinates=True)
         return partition.neighbor_list(
-            displacement, upper_triangular(b), r2, dr_threshold=dr_threshold,
-            capacity_multiplier=capacity_multiplier, fractional_coordinates=True,
-            format=partition.NeighborListFormat.Dense, custom_mask_function=_as_int32)
+            displacement,
+            upper_triangular(b),
+            r2,
+            dr_threshold=dr_threshold,
+            capacity_multiplier=capacity_multiplier,
+            fractional_coordinates=True,
+            format=partition.NeighborListFormat.Dense,
+            custom_mask_function=_as_int32,
+        )
 
     def build(position, nbrs_inner, capacity, b):
         """Edges and triplets at ``position``, for a given capacity (jittable)."""
@@ -322,28 +417,48 @@ def mattersim_neighbor_list(
             nbrs_inner = nbrs_inner.update(position, box=upper_triangular(b))
             s, r, shifts, mask, d2 = cell_list_edges(position, b, nbrs_inner.idx)
             widths = perpendicular_widths(b, jnp)
-            over = (nbrs_inner.did_buffer_overflow.astype(bool)
-                    | nbrs_inner.cell_size_too_small.astype(bool) | jnp.any(widths <= 2 * r2))
+            over = (
+                nbrs_inner.did_buffer_overflow.astype(bool)
+                | nbrs_inner.cell_size_too_small.astype(bool)
+                | jnp.any(widths <= 2 * r2)
+            )
         else:
             s, r, shifts, mask, d2, over = image_edges(
-                position, b, r2, pbc, capacity.images, capacity.max_edges)
-        trip, tmask, tover = build_triplets(s, d2, mask, n_atoms, r3, capacity.max_neighbors,
-                                            capacity.max_triplets)
+                position, b, r2, pbc, capacity.images, capacity.max_edges
+            )
+        trip, tmask, tover = build_triplets(
+            s, d2, mask, n_atoms, r3, capacity.max_neighbors, capacity.max_triplets
+        )
         return s, r, shifts, mask, trip, tmask, over | tover, nbrs_inner
 
-    def update(position: Array, nbrs: MatterSimNeighborList, box: Array | None = None,
-               **unused) -> MatterSimNeighborList:
+    def update(
+        position: Array, nbrs: MatterSimNeighborList, box: Array | None = None, **unused
+    ) -> MatterSimNeighborList:
         b = box0 if box is None else jnp.asarray(box, dtype)
-        s, r, shifts, mask, trip, tmask, over, inner = build(position, nbrs.inner,
-                                                             nbrs.capacity, b)
-        return MatterSimNeighborList(s, r, shifts, mask, trip, tmask, position,
-                                     nbrs.error | over, inner, nbrs.capacity, update)
+        s, r, shifts, mask, trip, tmask, over, inner = build(position, nbrs.inner, nbrs.capacity, b)
+        return MatterSimNeighborList(
+            s,
+            r,
+            shifts,
+            mask,
+            trip,
+            tmask,
+            position,
+            nbrs.error | over,
+            inner,
+            nbrs.capacity,
+            update,
+        )
 
     update_jit = jax.jit(update)
 
-    def allocate(position: Array, box: Array | None = None, extra_capacity: int = 0,
-                 capacity_multiplier: float = capacity_multiplier,
-                 **unused) -> MatterSimNeighborList:
+    def allocate(
+        position: Array,
+        box: Array | None = None,
+        extra_capacity: int = 0,
+        capacity_multiplier: float = capacity_multiplier,
+        **unused,
+    ) -> MatterSimNeighborList:
         """A list sized for ``position`` with ``capacity_multiplier`` headroom (host)."""
         position = jnp.asarray(position, dtype)
         b = box0 if box is None else jnp.asarray(box, dtype)
@@ -353,7 +468,8 @@ def mattersim_neighbor_list(
         inner = None
         if m == "cell_list":
             inner = inner_fns(b, capacity_multiplier).allocate(
-                position, box=upper_triangular(b), extra_capacity=extra_capacity)
+                position, box=upper_triangular(b), extra_capacity=extra_capacity
+            )
             # jax-md keeps the cell size as an array in a static field; make it hashable
             inner = dataclasses.replace(inner, cell_size=float(inner.cell_size))
             images, max_edges = (0, 0, 0), 0
@@ -366,29 +482,68 @@ def mattersim_neighbor_list(
         in3 = np.asarray(mask & (d2 <= r3**2))
         per_atom = np.bincount(np.asarray(s)[in3], minlength=n_atoms)
         capacity = NeighborListCapacity(
-            method=m, max_edges=max_edges,
+            method=m,
+            max_edges=max_edges,
             max_neighbors=math.ceil(per_atom.max(initial=0) * capacity_multiplier) + 1,
-            max_triplets=math.ceil(int((per_atom * (per_atom - 1)).sum())
-                                   * capacity_multiplier) + 1,
-            images=images)
+            max_triplets=math.ceil(int((per_atom * (per_atom - 1)).sum()) * capacity_multiplier)
+            + 1,
+            images=images,
+        )
         empty = MatterSimNeighborList(
-            None, None, None, None, None, None, position, jnp.asarray(False), inner, capacity,
-            update)
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            position,
+            jnp.asarray(False),
+            inner,
+            capacity,
+            update,
+        )
         return update_jit(position, empty, box=b)
 
-    def energy_fn(position: Array, neighbor: MatterSimNeighborList, box: Array | None = None,
-                  perturbation: Array | None = None, **unused) -> Array:
+    def energy_fn(
+        position: Array,
+        neighbor: MatterSimNeighborList,
+        box: Array | None = None,
+        perturbation: Array | None = None,
+        **unused,
+    ) -> Array:
         b = box0 if box is None else box
-        return neighbor_energy(model, atom_types, position, b, neighbor, perturbation,
-                               soft_normalize=soft_normalize, remat=remat)
+        return neighbor_energy(
+            model,
+            atom_types,
+            position,
+            b,
+            neighbor,
+            perturbation,
+            soft_normalize=soft_normalize,
+            remat=remat,
+        )
 
     return NeighborFns(allocate, update), energy_fn
 
 
 def atoms_to_jax_md(atoms, dtype=None) -> tuple[Array, Array, Array]:
-    """(R fractional (N, 3), box = cell.T (3, 3), species (N,)) of an ASE structure."""
+    """An ASE structure in jax-md's conventions.
+
+    Args:
+        atoms (ase.Atoms): the ASE structure.
+        dtype (numpy dtype or None): float dtype (default: float64 under x64,
+            float32 otherwise).
+
+    Returns:
+        ``(R, box, species)``: R (N, 3) fractional positions; box (3, 3) Å,
+        ``atoms.cell.T`` (columns are lattice vectors); species (N,) int32
+        atomic numbers.
+    """
     dtype = dtype or default_float()
     cell = np.asarray(atoms.cell.array, float)
     frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, float).T).T
-    return (jnp.asarray(frac, dtype), jnp.asarray(cell.T, dtype),
-            jnp.asarray(atoms.numbers, jnp.int32))
+    return (
+        jnp.asarray(frac, dtype),
+        jnp.asarray(cell.T, dtype),
+        jnp.asarray(atoms.numbers, jnp.int32),
+    )

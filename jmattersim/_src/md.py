@@ -28,10 +28,20 @@ from .energy import EV_PER_A3_TO_GPA
 from .jax_md import atoms_to_jax_md, mattersim_neighbor_list
 
 ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")
+"""The ensembles [`md`][jmattersim.jax_md.md] runs, by the names of jax-md's integrators."""
 
 
-def _simulator(ensemble: str, energy_fn: Callable, shift_fn: Callable, dt: float, kT: float,
-               pressure: float, tau_t: float, tau_p: float, friction: float):
+def _simulator(
+    ensemble: str,
+    energy_fn: Callable,
+    shift_fn: Callable,
+    dt: float,
+    kT: float,
+    pressure: float,
+    tau_t: float,
+    tau_p: float,
+    friction: float,
+):
     if ensemble == "nve":
         return simulate.nve(energy_fn, shift_fn, dt)
     if ensemble == "nvt_nose_hoover":
@@ -39,9 +49,15 @@ def _simulator(ensemble: str, energy_fn: Callable, shift_fn: Callable, dt: float
     if ensemble == "nvt_langevin":
         return simulate.nvt_langevin(energy_fn, shift_fn, dt, kT, gamma=friction)
     if ensemble == "npt_nose_hoover":
-        return simulate.npt_nose_hoover(energy_fn, shift_fn, dt, pressure, kT,
-                                        barostat_kwargs={"tau": tau_p},
-                                        thermostat_kwargs={"tau": tau_t})
+        return simulate.npt_nose_hoover(
+            energy_fn,
+            shift_fn,
+            dt,
+            pressure,
+            kT,
+            barostat_kwargs={"tau": tau_p},
+            thermostat_kwargs={"tau": tau_t},
+        )
     raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
 
 
@@ -52,8 +68,9 @@ def _without_precision_warning(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Explicitly requested dtype float64",
-                                    category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="Explicitly requested dtype float64", category=UserWarning
+            )
             return fn(*args, **kwargs)
 
     return wrapped
@@ -80,20 +97,42 @@ def md(
     capacity_multiplier: float = 1.25,
     dtype=None,
 ) -> tuple[Atoms, dict[str, np.ndarray]]:
-    """Runs ``steps`` steps of ``ensemble`` from ``atoms`` (periodic).
+    """Runs molecular dynamics with jax-md from a periodic ASE structure.
 
-    dt fs; temperature K (initial Maxwell-Boltzmann momenta, and the thermostat's
-    target); pressure GPa (NPT); tau_t, tau_p fs: Nose-Hoover time scales; friction
-    1/fs (Langevin). Steps run ``chunk`` at a time in one compiled ``lax.scan``
-    (``steps`` is rounded up to whole chunks); the neighbour list is updated every
-    step, and a chunk whose list overflowed is redone after a re-allocation (1.5x
-    more headroom each time). Energies are logged every ``log_every`` steps; a frame
-    goes to ``trajectory`` (``.traj``, ``.xyz``/``.extxyz``) at each chunk edge.
+    Steps run ``chunk`` at a time in one compiled ``lax.scan`` (``steps`` is
+    rounded up to whole chunks); the neighbour list is updated every step, and a
+    chunk whose list overflowed is redone after a re-allocation (1.5x more
+    headroom each time). Also available as ``jmattersim.md``.
 
-    Returns the final structure (positions, cell, momenta; a single-point calculator
-    with energy, forces) and a log {"time_fs", "potential_energy", "kinetic_energy",
-    "temperature", "conserved", "volume", "pressure", "reallocations"} (eV, K, Å^3,
-    GPa; "conserved" is the ensemble's invariant).
+    Args:
+        model: the [`Model`][jmattersim.Model].
+        atoms: the periodic starting structure.
+        steps: number of time steps.
+        dt: time step, fs.
+        ensemble: one of [`ENSEMBLES`][jmattersim.jax_md.ENSEMBLES].
+        temperature: K: the initial Maxwell-Boltzmann momenta and the
+            thermostat's target.
+        pressure: GPa (NPT).
+        tau_t: fs, the Nose-Hoover thermostat's time scale.
+        tau_p: fs, the Nose-Hoover barostat's time scale.
+        friction: 1/fs (Langevin).
+        chunk: steps per compiled ``lax.scan``; a multiple of ``log_every``.
+        log_every: steps between log entries.
+        trajectory: a file (``.traj``, ``.xyz``/``.extxyz``) to which a frame is
+            written at each chunk edge.
+        progress: show a progress bar (tqdm).
+        seed: random seed of the initial momenta (and the Langevin noise).
+        dr_threshold: neighbour-list skin, Å.
+        capacity_multiplier: neighbour-list headroom.
+        dtype (numpy dtype or None): float64 under x64, float32 otherwise.
+
+    Returns:
+        ``(final, log)``: the final structure (positions, cell, momenta; a
+        single-point calculator with energy eV and forces eV/Å) and a dict of
+        arrays, one entry per log step: ``time_fs`` fs, ``potential_energy``,
+        ``kinetic_energy`` and ``conserved`` (the ensemble's invariant) eV,
+        ``temperature`` K, ``volume`` Å³, ``pressure`` GPa, and
+        ``reallocations`` (a count).
     """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
@@ -103,13 +142,27 @@ def md(
     dtype = R.dtype
     mass = jnp.asarray(atoms.get_masses(), dtype)
     neighbor_fn, energy_fn = mattersim_neighbor_list(
-        model, box, species, dr_threshold=dr_threshold,
-        capacity_multiplier=capacity_multiplier, dtype=dtype)
+        model,
+        box,
+        species,
+        dr_threshold=dr_threshold,
+        capacity_multiplier=capacity_multiplier,
+        dtype=dtype,
+    )
     _, shift_fn = space.periodic_general(box, fractional_coordinates=True)
     kT = units.kB * temperature
     p_internal = pressure / EV_PER_A3_TO_GPA
-    init_fn, apply_fn = _simulator(ensemble, energy_fn, shift_fn, dt * units.fs, kT, p_internal,
-                                   tau_t * units.fs, tau_p * units.fs, friction / units.fs)
+    init_fn, apply_fn = _simulator(
+        ensemble,
+        energy_fn,
+        shift_fn,
+        dt * units.fs,
+        kT,
+        p_internal,
+        tau_t * units.fs,
+        tau_p * units.fs,
+        friction / units.fs,
+    )
     npt = ensemble == "npt_nose_hoover"
 
     def box_of(state):
@@ -122,8 +175,9 @@ def md(
         if ensemble == "nvt_nose_hoover":
             conserved = simulate.nvt_nose_hoover_invariant(energy_fn, state, kT, neighbor=nbrs)
         elif npt:
-            conserved = simulate.npt_nose_hoover_invariant(energy_fn, state, p_internal, kT,
-                                                           neighbor=nbrs)
+            conserved = simulate.npt_nose_hoover_invariant(
+                energy_fn, state, p_internal, kT, neighbor=nbrs
+            )
         else:
             conserved = pe + ke
         volume = jnp.abs(jnp.linalg.det(b))
@@ -152,6 +206,7 @@ def md(
         headroom *= 1.5
         reallocations += 1
         nbrs = neighbor_fn.allocate(R, capacity_multiplier=headroom)
+
     @jax.jit
     @_without_precision_warning
     def start(key, R, nbrs):
@@ -177,13 +232,15 @@ def md(
                 break
             headroom *= 1.5  # re-allocate at the chunk's start and redo it
             reallocations += 1
-            nbrs = neighbor_fn.allocate(state.position, box=box_of(state),
-                                        capacity_multiplier=headroom)
+            nbrs = neighbor_fn.allocate(
+                state.position, box=box_of(state), capacity_multiplier=headroom
+            )
         state, nbrs = new_state, new_nbrs
         log.append(np.asarray(obs))
         if trajectory:
-            ase.io.write(trajectory, _frame(atoms, state, box_of(state), log[-1][-1, 0]),
-                         append=True)
+            ase.io.write(
+                trajectory, _frame(atoms, state, box_of(state), log[-1][-1, 0]), append=True
+            )
         bar.update(chunk)
     bar.close()
     table = np.concatenate([log[0][None]] + log[1:])
@@ -204,11 +261,16 @@ def md(
 def _frame(atoms: Atoms, state: Any, box, energy: float) -> Atoms:
     """ASE Atoms of a jax-md state (cell = box.T, r = R @ box.T), energy and forces."""
     cell = np.asarray(box, float).T
-    frame = Atoms(atoms.numbers, cell=cell, pbc=atoms.pbc,
-                  scaled_positions=np.asarray(state.position, float) % 1.0)
+    frame = Atoms(
+        atoms.numbers,
+        cell=cell,
+        pbc=atoms.pbc,
+        scaled_positions=np.asarray(state.position, float) % 1.0,
+    )
     frame.set_momenta(np.asarray(state.momentum, float))
-    frame.calc = SinglePointCalculator(frame, energy=float(energy),
-                                       forces=np.asarray(state.force, float))
+    frame.calc = SinglePointCalculator(
+        frame, energy=float(energy), forces=np.asarray(state.force, float)
+    )
     return frame
 
 

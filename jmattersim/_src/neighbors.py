@@ -54,13 +54,20 @@ class Topology(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TopologyCapacity:
-    """Static sizes of an in-jit topology (all counts over the whole batch).
+    """Static sizes of a topology built inside ``jit`` (counts over the whole batch).
 
-    max_edges: edges; max_triplets: triplets; max_neighbors: bonds of one atom
-    within the three-body cutoff; max_pairs: candidate pairs sum_g n_g^2 M_g
-    (default: from ``images`` and ``max_atoms``, for one graph of that size).
-    images: |n_k| per lattice vector that the default ``max_pairs`` allows for;
-    max_atoms: atoms per graph that the default ``max_pairs`` allows for.
+    Size one from the data with [`capacity_for`][jmattersim.capacity_for]. A
+    structure that does not fit makes the energy NaN.
+
+    Attributes:
+        max_edges: edges (neighbour pairs within the cutoff).
+        max_triplets: triplets (ordered pairs of bonds of one atom).
+        max_neighbors: bonds of one atom within the three-body cutoff.
+        images: largest |n_k| per lattice vector that the default ``max_pairs``
+            allows for.
+        max_atoms: atoms per structure that the default ``max_pairs`` allows for.
+        max_pairs: candidate pairs ``sum_g n_g^2 M_g``, M_g the lattice images
+            tried for structure g (default: from ``images`` and ``max_atoms``).
     """
 
     max_edges: int
@@ -71,28 +78,59 @@ class TopologyCapacity:
     max_pairs: int | None = None
 
     def pairs(self, n_atoms: int) -> int:
-        """The candidate budget, for a batch of ``n_atoms`` node slots."""
+        """The candidate budget.
+
+        Args:
+            n_atoms: node slots of the batch (used when ``max_atoms`` is None).
+
+        Returns:
+            ``max_pairs``, or the default from ``images`` and the atom count.
+        """
         if self.max_pairs is not None:
             return self.max_pairs
         m = int(np.prod([2 * k + 1 for k in self.images]))
         return (self.max_atoms or n_atoms) ** 2 * m
 
     def scaled(self, factor: float) -> TopologyCapacity:
-        """A capacity ``factor`` times larger in every count (re-allocation)."""
+        """A larger capacity, for re-allocation after an overflow.
+
+        Args:
+            factor: growth of every count (images grow by one).
+
+        Returns:
+            The new capacity.
+        """
         grow = lambda n: None if n is None else math.ceil(n * factor)  # noqa: E731
         return dataclasses.replace(
-            self, max_edges=grow(self.max_edges), max_triplets=grow(self.max_triplets),
-            max_neighbors=grow(self.max_neighbors), max_pairs=grow(self.max_pairs),
+            self,
+            max_edges=grow(self.max_edges),
+            max_triplets=grow(self.max_triplets),
+            max_neighbors=grow(self.max_neighbors),
+            max_pairs=grow(self.max_pairs),
             images=tuple(k + 1 for k in self.images),
         )
 
     def covers(self, other: TopologyCapacity) -> bool:
-        """True if every count of ``other`` fits in this capacity."""
+        """Whether every count of ``other`` fits in this capacity.
+
+        Args:
+            other: another capacity.
+
+        Returns:
+            True if none of its counts exceeds this one's.
+        """
         fields = ("max_edges", "max_triplets", "max_neighbors", "max_pairs")
         return all(getattr(self, f) >= getattr(other, f) for f in fields)
 
     def union(self, other: TopologyCapacity) -> TopologyCapacity:
-        """The smallest capacity covering both (the sticky growth of a stream)."""
+        """The smallest capacity covering both (the sticky growth of a stream).
+
+        Args:
+            other: another capacity.
+
+        Returns:
+            The elementwise maximum.
+        """
         return TopologyCapacity(
             max_edges=max(self.max_edges, other.max_edges),
             max_triplets=max(self.max_triplets, other.max_triplets),
@@ -102,17 +140,30 @@ class TopologyCapacity:
 
 
 def bucket_up(n: int) -> int:
-    """n rounded up to the ladder of :func:`jmattersim.padding.bucket`: few shapes."""
+    """n rounded up to the ladder of :func:`jmattersim._src.padding.bucket`: few shapes."""
     return bucket(n - 1)
 
 
 def capacity_for(
-    structures: Sequence[Atoms], config: M3GNetConfig, headroom: float = 1.25,
-    batch_size: int | None = None, bucketed: bool = False,
+    structures: Sequence[Atoms],
+    config: M3GNetConfig,
+    headroom: float = 1.25,
+    batch_size: int | None = None,
+    bucketed: bool = False,
 ) -> TopologyCapacity:
-    """A capacity that holds each of ``structures`` (or any ``batch_size`` of them
-    together) with ``headroom``, measured on the host with :mod:`jmattersim.graph`.
-    ``bucketed`` rounds every count up to a bucket (fewer compilations)."""
+    """A capacity that holds each of ``structures``, measured on the host.
+
+    Args:
+        structures: ASE structures the capacity must hold.
+        config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
+        headroom: factor on every measured count (room for atoms to move).
+        batch_size: hold any ``batch_size`` of the structures together (for the
+            batch functions); default one at a time.
+        bucketed: round every count up to a ladder of sizes (fewer compilations).
+
+    Returns:
+        A [`TopologyCapacity`][jmattersim.TopologyCapacity].
+    """
     graphs = [structure_graph(a, config) for a in structures]
     per = batch_size or 1
     top = lambda values: sum(sorted(values, reverse=True)[:per])  # noqa: E731
@@ -177,8 +228,9 @@ def topology(
     i = node_start[g] + t // n_g
     j = node_start[g] + t % n_g
     w = width[g]
-    image = jnp.stack([m // (w[:, 1] * w[:, 2]), (m // w[:, 2]) % w[:, 1], m % w[:, 2]],
-                      axis=1) - k[g]
+    image = (
+        jnp.stack([m // (w[:, 1] * w[:, 2]), (m // w[:, 2]) % w[:, 1], m % w[:, 2]], axis=1) - k[g]
+    )
     i, j = jnp.where(valid, i, 0), jnp.where(valid, j, 0)
     vec = wrapped[i] - (wrapped[j] + jnp.einsum("pi,pij->pj", image.astype(dtype), lattice[g]))
     d2 = jnp.sum(vec * vec, axis=-1)
@@ -192,15 +244,26 @@ def topology(
     shifts = image[idx].astype(dtype) + wrap[senders] - wrap[receivers]
     shifts = jnp.where(edge_mask[:, None], shifts, 0)
     triplets, triplet_mask, trip_overflow = build_triplets(
-        senders, d2[idx], edge_mask, n_atoms, config.threebody_cutoff, capacity.max_neighbors,
-        capacity.max_triplets)
+        senders,
+        d2[idx],
+        edge_mask,
+        n_atoms,
+        config.threebody_cutoff,
+        capacity.max_neighbors,
+        capacity.max_triplets,
+    )
     overflow = (n_edges > capacity.max_edges) | (end[-1] > max_pairs) | trip_overflow
     return Topology(senders, receivers, shifts, edge_mask, triplets, triplet_mask, overflow)
 
 
 def build_triplets(
-    senders: Array, d2: Array, edge_mask: Array, n_atoms: int, cutoff: float,
-    max_neighbors: int, max_triplets: int,
+    senders: Array,
+    d2: Array,
+    edge_mask: Array,
+    n_atoms: int,
+    cutoff: float,
+    max_neighbors: int,
+    max_triplets: int,
 ) -> tuple[Array, Array, Array]:
     """Ordered pairs (ij, ik), ij != ik, of one centre's bonds within ``cutoff``.
 
@@ -215,8 +278,11 @@ def build_triplets(
     first = jnp.cumsum(count) - count
     rank = jnp.cumsum(in3) - 1 - first[senders]
     row = jnp.where(in3 & (rank < k), senders, n_atoms)  # out of range: dropped
-    table = jnp.zeros((n_atoms, k), jnp.int32).at[row, rank].set(
-        jnp.arange(senders.shape[0], dtype=jnp.int32), mode="drop")
+    table = (
+        jnp.zeros((n_atoms, k), jnp.int32)
+        .at[row, rank]
+        .set(jnp.arange(senders.shape[0], dtype=jnp.int32), mode="drop")
+    )
     slot = jnp.arange(k)
     held = slot[None, :] < count[:, None]  # (N, k)
     pair = held[:, :, None] & held[:, None, :] & (slot[:, None] != slot[None, :])[None]

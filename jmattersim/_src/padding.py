@@ -33,11 +33,18 @@ class Counts(NamedTuple):
 
 
 class BatchBudget(NamedTuple):
-    """The static sizes of one padded batch: nodes, edges, triplets, graphs.
+    """The static sizes of one padded batch.
 
     A batch fits when every count is strictly below its budget (jraph's padding
     needs one padding graph, node and edge at least). One compiled function per
-    budget and dtype."""
+    budget and dtype.
+
+    Attributes:
+        nodes: atom slots.
+        edges: edge (neighbour pair) slots.
+        triplets: triplet slots.
+        graphs: structure slots.
+    """
 
     nodes: int
     edges: int
@@ -45,11 +52,23 @@ class BatchBudget(NamedTuple):
     graphs: int
 
     def holds(self, counts: Counts) -> bool:
+        """Whether a batch of these counts fits.
+
+        Args:
+            counts: (nodes, edges, triplets, graphs) of the batch.
+
+        Returns:
+            True if every count is strictly below its budget.
+        """
         return all(c < b for c, b in zip(counts, self, strict=True))
 
     def cost(self) -> float:
-        """Relative cost of a call (edges dominate; a triplet slot costs about a
-        hundredth of an edge slot, a node slot about a tenth; measured on CPU)."""
+        """Relative cost of a call (measured on CPU).
+
+        Returns:
+            Edge slots plus a hundredth of the triplet slots and a tenth of the
+            node slots.
+        """
         return self.edges + self.triplets / 100 + self.nodes / 10
 
 
@@ -89,13 +108,16 @@ class Batch(NamedTuple):
     triplet_mask: np.ndarray
 
 
-def pad(graphs: Sequence[StructureGraph], budget: BatchBudget, config: M3GNetConfig,
-        dtype=np.float32) -> Batch:
+def pad(
+    graphs: Sequence[StructureGraph], budget: BatchBudget, config: M3GNetConfig, dtype=np.float32
+) -> Batch:
     """Concatenates ``graphs`` and pads them to ``budget`` (which must hold them)."""
     total = total_counts(graphs)
     if not budget.holds(total):
-        raise ValueError(f"{budget} cannot hold {total} (each count must stay below its "
-                         "budget: padding needs one graph, node and edge)")
+        raise ValueError(
+            f"{budget} cannot hold {total} (each count must stay below its "
+            "budget: padding needs one graph, node and edge)"
+        )
     nodes, edges, trips = total.nodes, total.edges, total.triplets
     n_node, n_edge, n_triplet, n_graph = budget
     atom_types = np.zeros((n_node, config.num_species), dtype)
@@ -112,13 +134,13 @@ def pad(graphs: Sequence[StructureGraph], budget: BatchBudget, config: M3GNetCon
         if g.atom_types is None:
             atom_types[a + np.arange(g.n_node), g.numbers] = 1.0
         else:
-            atom_types[a:a + g.n_node] = g.atom_types
-        positions[a:a + g.n_node] = g.positions
+            atom_types[a : a + g.n_node] = g.atom_types
+        positions[a : a + g.n_node] = g.positions
         lattice[k] = g.cell
-        senders[e:e + g.n_edge] = g.senders + a
-        receivers[e:e + g.n_edge] = g.receivers + a
-        shifts[e:e + g.n_edge] = g.shifts
-        triplets[t:t + g.n_triplet] = g.triplets + e
+        senders[e : e + g.n_edge] = g.senders + a
+        receivers[e : e + g.n_edge] = g.receivers + a
+        shifts[e : e + g.n_edge] = g.shifts
+        triplets[t : t + g.n_triplet] = g.triplets + e
         node_counts[k], edge_counts[k] = g.n_node, g.n_edge
         a, e, t = a + g.n_node, e + g.n_edge, t + g.n_triplet
     node_counts[len(graphs)] = n_node - nodes  # jraph: the first padding graph holds them

@@ -10,6 +10,9 @@ ARCHITECTURES: dict[str, dict[str, int]] = {
     "mattersim-v1.0.0-5M": {"num_blocks": 4, "units": 256},
 }
 PUBLISHED = tuple(ARCHITECTURES)
+"""The published checkpoint names, ``("mattersim-v1.0.0-1M", "mattersim-v1.0.0-5M")``:
+[`load_model`][jmattersim.load_model] and ``jmattersim-convert`` take them (any case,
+with or without ``.pth``)."""
 DEFAULT = "mattersim-v1.0.0-1M"
 # Where upstream MatterSim downloads its checkpoints from, and where it keeps them.
 UPSTREAM_URL = "https://raw.githubusercontent.com/microsoft/mattersim/main/pretrained_models/"

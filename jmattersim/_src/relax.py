@@ -3,7 +3,7 @@
 ASE's optimisers and cell filters do the stepping, one instance per structure
 (FIRE and ``FrechetCellFilter`` by default, as upstream's ``BatchRelaxer``); at
 every step the energies, forces and stresses of all structures still moving come
-from one :func:`jmattersim.engine.run` (host neighbour lists rebuilt at every step,
+from one :func:`jmattersim._src.engine.run` (host neighbour lists rebuilt at every step,
 exact; batches packed into the engine's budgets, so the compiled functions are
 those of the calculator and ``evaluate``).
 
@@ -36,8 +36,7 @@ STATUSES = ("converged", "not converged", "failed")
 class _Run:
     """One structure's relaxation: its atoms, optimiser and state."""
 
-    def __init__(self, atoms: Atoms, label: str, optimizer, cell_filter, kwargs: dict,
-                 fmax: float):
+    def __init__(self, atoms: Atoms, label: str, optimizer, cell_filter, kwargs: dict, fmax: float):
         self.atoms = atoms
         self.label = label
         self.target = cell_filter(atoms) if cell_filter is not None else atoms
@@ -67,22 +66,45 @@ def relax(
     dtype=None,
     progress: bool = False,
 ) -> Atoms | list[Atoms]:
-    """Relaxes one structure or many together; returns relaxed copies.
+    """Relaxes one structure or many together, with ASE's optimisers and cell filters.
 
-    fmax: eV/Å, the optimiser's convergence criterion (with a cell filter it applies
-    to the filter's generalised forces, as in ASE and upstream's ``BatchRelaxer``);
-    smax: GPa, optionally also require every stress component below it; max_steps:
-    optimiser steps per structure; optimizer: "FIRE", "BFGS", "LBFGS" or an ASE
-    ``Optimizer`` class (``optimizer_kwargs`` go to it); cell_filter:
-    "FrechetCellFilter", "ExpCellFilter" or an ASE filter class, used when
-    ``relax_cell``; max_edge_growth: a structure whose neighbour count grows beyond
-    this factor of its start is failed as a collapsing cell. Computes in float64
-    under x64, float32 otherwise.
+    One optimiser per structure; at every step all structures still moving are
+    evaluated in one engine call (host neighbour lists rebuilt, exact). A
+    structure that cannot go on (atoms closer than 0.5 Å, a collapsing cell, a
+    non-finite energy) stops with status "failed"; the others go on. Computes in
+    float64 under x64, float32 otherwise.
 
-    Each returned structure carries a single-point calculator (energy eV, forces
-    eV/Å, stress eV/Å^3 at the last evaluated geometry) and ``info["relax_status"]``
-    ("converged", "not converged" or "failed"), ``info["relax_converged"]``,
-    ``info["relax_steps"]`` and, when failed, ``info["relax_error"]`` (the reason).
+    Args:
+        model: the [`Model`][jmattersim.Model].
+        atoms: one ASE structure or a sequence of them (not modified).
+        fmax: eV/Å, the optimiser's convergence criterion (with a cell filter it
+            applies to the filter's generalised forces, as in ASE and upstream's
+            ``BatchRelaxer``).
+        smax: GPa; if given, also require every stress component below it.
+        max_steps: optimiser steps per structure.
+        relax_cell: relax the cell too (periodic structures only).
+        optimizer: "FIRE", "BFGS", "LBFGS" or an ASE ``Optimizer`` class.
+        cell_filter: "FrechetCellFilter", "ExpCellFilter" or an ASE filter class,
+            used when ``relax_cell``.
+        optimizer_kwargs: passed to the optimiser.
+        max_edge_growth: a structure whose neighbour count grows beyond this
+            factor of its start is failed as a collapsing cell.
+        dtype (numpy dtype or None): float32 or float64 (default: float64 under
+            x64, float32 otherwise).
+        progress: show a progress bar (tqdm).
+
+    Returns:
+        Relaxed copies (one ``Atoms`` for one, a list for a sequence). Each
+        carries a single-point calculator (energy eV, forces (N, 3) eV/Å,
+        stress eV/Å³ at the last evaluated geometry) and ``info["relax_status"]``
+        ("converged", "not converged" or "failed"), ``info["relax_converged"]``,
+        ``info["relax_steps"]`` and, when failed, ``info["relax_error"]`` (the
+        reason).
+
+    Raises:
+        InvalidStructureError: a starting structure is unfit for the model.
+        ValueError: ``relax_cell`` with a structure that is not periodic in all
+            three directions.
     """
     single = isinstance(atoms, Atoms)
     structures = [atoms] if single else list(atoms)
@@ -92,33 +114,53 @@ def relax(
     if isinstance(cell_filter, str):
         cell_filter = FILTERS[cell_filter]
     if relax_cell and not all(a.pbc.all() for a in structures):
-        raise ValueError("relaxing the cell needs periodic structures (pbc all True); "
-                         "pass relax_cell=False for molecules and slabs")
-    runs = [_Run(a.copy(), structure_label(k, a.numbers), optimizer,
-                 cell_filter if relax_cell else None, optimizer_kwargs or {}, fmax)
-            for k, a in enumerate(structures)]
+        raise ValueError(
+            "relaxing the cell needs periodic structures (pbc all True); "
+            "pass relax_cell=False for molecules and slabs"
+        )
+    runs = [
+        _Run(
+            a.copy(),
+            structure_label(k, a.numbers),
+            optimizer,
+            cell_filter if relax_cell else None,
+            optimizer_kwargs or {},
+            fmax,
+        )
+        for k, a in enumerate(structures)
+    ]
     active = list(runs)
     bar = _progress(len(runs), progress)
     with warnings.catch_warnings():  # FrechetCellFilter's logm of a nearly exact matrix
         warnings.filterwarnings("ignore", "logm result may be inaccurate")
         while active:
-            still = _step(model, active, max_steps, smax if relax_cell else None,
-                          max_edge_growth, dtype)
+            still = _step(
+                model, active, max_steps, smax if relax_cell else None, max_edge_growth, dtype
+            )
             bar.update(len(active) - len(still))
             active = still
     bar.close()
     out = []
     for run in runs:
-        run.atoms.info.update(relax_status=run.status, relax_converged=run.status == "converged",
-                              relax_steps=int(run.opt.nsteps))
+        run.atoms.info.update(
+            relax_status=run.status,
+            relax_converged=run.status == "converged",
+            relax_steps=int(run.opt.nsteps),
+        )
         if run.reason:
             run.atoms.info["relax_error"] = run.reason
         out.append(run.atoms)
     return out[0] if single else out
 
 
-def _step(model: Model, active: list[_Run], max_steps: int, smax: float | None,
-          max_edge_growth: float, dtype) -> list[_Run]:
+def _step(
+    model: Model,
+    active: list[_Run],
+    max_steps: int,
+    smax: float | None,
+    max_edge_growth: float,
+    dtype,
+) -> list[_Run]:
     """Evaluates every active structure at once, then steps each one that has not
     converged; returns those still going."""
     graphs, evaluated = [], []
@@ -131,22 +173,31 @@ def _step(model: Model, active: list[_Run], max_steps: int, smax: float | None,
         run.start_edges = run.start_edges or max(g.n_edge, 1)
         if g.n_edge > max_edge_growth * run.start_edges:
             volume = run.atoms.get_volume() / run.start_volume if run.start_volume else 1.0
-            run.fail(f"the cell collapsed: {g.n_edge} neighbour pairs, "
-                     f"{g.n_edge / run.start_edges:.1f} times its start, at "
-                     f"{volume:.0%} of its starting volume")
+            run.fail(
+                f"the cell collapsed: {g.n_edge} neighbour pairs, "
+                f"{g.n_edge / run.start_edges:.1f} times its start, at "
+                f"{volume:.0%} of its starting volume"
+            )
             continue
         graphs.append(g)
         evaluated.append(run)
     results = engine.run(model, graphs, dtype=dtype) if graphs else []
     still = []
     for run, out in zip(evaluated, results, strict=True):
-        if not (np.isfinite(out.energy) and np.isfinite(out.forces).all()
-                and np.isfinite(out.stress).all()):
+        if not (
+            np.isfinite(out.energy)
+            and np.isfinite(out.forces).all()
+            and np.isfinite(out.stress).all()
+        ):
             run.fail("the model returned a non-finite energy, forces or stress")
             continue
-        run.atoms.calc = SinglePointCalculator(run.atoms, energy=out.energy,
-                                               free_energy=out.energy, forces=out.forces,
-                                               stress=out.stress)
+        run.atoms.calc = SinglePointCalculator(
+            run.atoms,
+            energy=out.energy,
+            free_energy=out.energy,
+            forces=out.forces,
+            stress=out.stress,
+        )
         done = run.opt.gradient_converged(run.opt.optimizable.get_gradient())
         if done and smax is not None:
             done = float(np.abs(out.stress).max()) * EV_PER_A3_TO_GPA < smax

@@ -49,8 +49,11 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0)
-                and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(
+        mallopt(_M_ARENA_MAX, 1)
+        and mallopt(_M_MMAP_MAX, 0)
+        and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    )
 
 
 def enable_compile_cache() -> Path | None:

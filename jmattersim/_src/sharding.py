@@ -26,7 +26,19 @@ AXIS = "graphs"
 
 
 def graph_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: every device of every host)."""
+    """A 1-D device mesh for splitting batches along the graph axis.
+
+    Pass it as ``mesh=`` to ``evaluate``, ``forward_batch`` or ``predict_file``:
+    one padded batch per device (structures never straddle devices), parameters
+    replicated. On several hosts, call ``jax.distributed.initialize()`` first.
+
+    Args:
+        devices: the devices (default ``jax.devices()``: every device of every
+            host).
+
+    Returns:
+        A ``jax.sharding.Mesh`` with one axis, ``"graphs"``.
+    """
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
 
 
@@ -55,8 +67,14 @@ def over_devices(fn: Callable[[Any, Any], Any], mesh: Mesh) -> Callable[[Any, An
         out = fn(params, jax.tree_util.tree_map(lambda x: x[0], stacked))
         return jax.tree_util.tree_map(lambda x: x[None], out)
 
-    return jax.jit(jax.shard_map(block, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
-                                 out_specs=PartitionSpec(AXIS)))
+    return jax.jit(
+        jax.shard_map(
+            block,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
+            out_specs=PartitionSpec(AXIS),
+        )
+    )
 
 
 def split_balanced(sizes: Sequence[int], parts: int) -> list[list[int]]:

@@ -1,5 +1,5 @@
 """Data-set evaluation that streams: frames are read lazily, evaluated through
-:mod:`jmattersim.engine` (packed into its budgets; sharded given a mesh), and
+:mod:`jmattersim._src.engine` (packed into its budgets; sharded given a mesh), and
 appended to the output chunk by chunk, each chunk made durable (fsync) before the progress
 file records it. An interrupted run resumes from the last recorded chunk:
 the output is cut back to that point and the same chunks follow, so the
@@ -33,7 +33,10 @@ CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top b
 
 def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
     atoms.calc = SinglePointCalculator(
-        atoms, energy=res.energy, free_energy=res.energy, forces=res.forces,
+        atoms,
+        energy=res.energy,
+        free_energy=res.energy,
+        forces=res.forces,
         stress=full_3x3_to_voigt_6_stress(res.stress),  # eV/A^3, as ASE
     )
     return atoms
@@ -41,8 +44,13 @@ def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
 
 def _source_id(src: Path, chunk: int, model: Model) -> dict:
     stat = src.stat()
-    return {"source": str(src.absolute()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "chunk": chunk, "model": model.source.get("sha256") or model.config.to_dict()}
+    return {
+        "source": str(src.absolute()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "chunk": chunk,
+        "model": model.source.get("sha256") or model.config.to_dict(),
+    }
 
 
 def progress_file(out: str | os.PathLike) -> Path:
@@ -51,8 +59,9 @@ def progress_file(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".progress.json")
 
 
-def resume_point(model: Model, src: str | os.PathLike, out: str | os.PathLike,
-                 chunk: int) -> tuple[int, int]:
+def resume_point(
+    model: Model, src: str | os.PathLike, out: str | os.PathLike, chunk: int
+) -> tuple[int, int]:
     """(frames done, bytes of ``out`` that hold them) of an interrupted run of
     the same source, chunk size and model; (0, 0) if there is none."""
     state_file, out = progress_file(out), Path(out)
@@ -65,15 +74,42 @@ def resume_point(model: Model, src: str | os.PathLike, out: str | os.PathLike,
     return int(state["frames"]), int(state["bytes"])
 
 
-def predict_file(model: Model, src: str | os.PathLike, out: str | os.PathLike, *,
-                 chunk: int = CHUNK, mesh: jax.sharding.Mesh | None = None, resume: bool = True,
-                 progress: bool = True) -> Iterator[int]:
-    """Evaluates every frame of ``src`` into extxyz ``out`` (energy, free_energy,
-    forces, stress in eV/Å^3), ``chunk`` frames at a time; yields the number
-    of frames written after each chunk. Resumes an interrupted run of the same
-    source, chunk size and model when ``resume``. Each frame is checked first
-    (:func:`jmattersim.validate.check_atoms`): a bad one stops the run with an
-    error naming it, after the chunks before it were kept."""
+def predict_file(
+    model: Model,
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    chunk: int = CHUNK,
+    mesh: jax.sharding.Mesh | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> Iterator[int]:
+    """Evaluates every frame of a structure file into an extxyz file, resumably.
+
+    A generator: iterate it to run. Frames stream through the evaluation engine
+    ``chunk`` at a time; each chunk is appended and synced to disk before
+    ``OUT.progress.json`` records it, so an interrupted run of the same source,
+    chunk size and model resumes after the last recorded chunk and ends with the
+    file an uninterrupted run writes. Each frame is checked first: a bad one
+    stops the run with an error naming it, the chunks before it kept.
+
+    Args:
+        model: the [`Model`][jmattersim.Model].
+        src: any structure file ASE reads (extxyz, cif, POSCAR, traj...).
+        out: the extxyz file to write: per frame ``energy`` and ``free_energy``
+            eV, ``forces`` (N, 3) eV/Å, ``stress`` eV/Å³ (ASE's unit and sign).
+        chunk: frames evaluated and written at a time.
+        mesh: spread the batches over the devices of this mesh
+            ([`graph_mesh`][jmattersim.graph_mesh]).
+        resume: continue an interrupted run (False: start over).
+        progress: show a progress bar (tqdm).
+
+    Yields:
+        The number of frames written so far, after each chunk.
+
+    Raises:
+        InvalidStructureError: a frame is unfit for the model.
+    """
     src, out = Path(src), Path(out)
     state_file = progress_file(out)
     ident = _source_id(src, chunk, model)
@@ -88,12 +124,17 @@ def predict_file(model: Model, src: str | os.PathLike, out: str | os.PathLike, *
         f.seek(offset)
         frames = itertools.islice(ase.io.iread(src, index=":"), done, None)
         while batch := list(itertools.islice(frames, chunk)):
-            graphs = [checked_graph(a, model.config, structure_label(done + k, a.numbers, "frame"))
-                      for k, a in enumerate(batch)]
+            graphs = [
+                checked_graph(a, model.config, structure_label(done + k, a.numbers, "frame"))
+                for k, a in enumerate(batch)
+            ]
             results = engine.run(model, graphs, mesh=mesh)
             text = io.StringIO()
-            ase.io.write(text, [_labelled(a, r) for a, r in zip(batch, results, strict=True)],
-                         format="extxyz")
+            ase.io.write(
+                text,
+                [_labelled(a, r) for a, r in zip(batch, results, strict=True)],
+                format="extxyz",
+            )
             f.write(text.getvalue().encode())
             f.flush()
             os.fsync(f.fileno())

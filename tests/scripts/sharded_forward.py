@@ -42,12 +42,14 @@ def layout(tree):
     for leaf in jax.tree_util.tree_leaves(tree):
         if not isinstance(leaf, jax.Array) or leaf.ndim == 0:
             continue
-        rows.append({
-            "spec": [str(a) for a in leaf.sharding.spec],
-            "devices": sorted(str(s.device) for s in leaf.addressable_shards),
-            "shard_rows": sorted({s.data.shape[0] for s in leaf.addressable_shards}),
-            "rows": leaf.shape[0],
-        })
+        rows.append(
+            {
+                "spec": [str(a) for a in leaf.sharding.spec],
+                "devices": sorted(str(s.device) for s in leaf.addressable_shards),
+                "shard_rows": sorted({s.data.shape[0] for s in leaf.addressable_shards}),
+                "rows": leaf.shape[0],
+            }
+        )
     return rows
 
 
@@ -56,8 +58,9 @@ report = {
     "mesh": mesh.size,
     "inputs": layout(seen["placed"]),
     "outputs": layout(seen["results"]),
-    "max_abs": {k: float(np.abs(np.asarray(split[k]) - np.asarray(single[k])).max())
-                for k in single},
+    "max_abs": {
+        k: float(np.abs(np.asarray(split[k]) - np.asarray(single[k])).max()) for k in single
+    },
     "scale": {k: float(np.abs(np.asarray(single[k])).max()) for k in single},
 }
 print("REPORT " + json.dumps(report))

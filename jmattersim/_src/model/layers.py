@@ -31,12 +31,17 @@ def blocked_dot(x: Array, kernel: Array) -> Array:
     """``x @ kernel`` (.., K) x (K, M) at full precision, in blocks of
     :data:`DOT_BLOCK` along K summed pairwise."""
     k = x.shape[-1]
-    parts = [jnp.dot(x[..., i:i + DOT_BLOCK], kernel[i:i + DOT_BLOCK], precision=PRECISION)
-             for i in range(0, k, DOT_BLOCK)]
+    parts = [
+        jnp.dot(x[..., i : i + DOT_BLOCK], kernel[i : i + DOT_BLOCK], precision=PRECISION)
+        for i in range(0, k, DOT_BLOCK)
+    ]
     while len(parts) > 1:
-        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
+        parts = [
+            parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
+            for i in range(0, len(parts), 2)
+        ]
     return parts[0]
+
 
 ACTIVATIONS: dict[str | None, Callable[[Array], Array]] = {
     "swish": jax.nn.silu,
@@ -46,12 +51,16 @@ ACTIVATIONS: dict[str | None, Callable[[Array], Array]] = {
 
 
 def dense(features: int, use_bias: bool, name: str) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, precision=PRECISION, name=name,
-                    dot_general=_blocked_dot_general)
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        precision=PRECISION,
+        name=name,
+        dot_general=_blocked_dot_general,
+    )
 
 
-def _blocked_dot_general(x, kernel, dimension_numbers, precision=None,
-                         preferred_element_type=None):
+def _blocked_dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None):
     """``nn.Dense``'s product through :func:`blocked_dot` (Dense contracts the
     last axis of x with the first of the kernel)."""
     (lhs, rhs), _ = dimension_numbers
@@ -102,10 +111,14 @@ class DenseWeights(nn.Module):
 
     @nn.compact
     def __call__(self) -> tuple[Array, Array | None]:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (self.in_features, self.features))
-        bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,))
-                if self.use_bias else None)
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (self.in_features, self.features)
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros_init(), (self.features,))
+            if self.use_bias
+            else None
+        )
         return kernel, bias
 
 
@@ -136,10 +149,14 @@ class FastGatedMLP(nn.Module):
         dims, acts = list(self.out_dims), list(self.activations)
         sigma_acts = acts[:-1] + ["sigmoid"]
         in_dims = [sum(widths)] + dims[:-1]
-        g = [DenseWeights(i, o, self.use_bias, name=f"g_{k}")()
-             for k, (i, o) in enumerate(zip(in_dims, dims, strict=True))]
-        s = [DenseWeights(i, o, self.use_bias, name=f"sigma_{k}")()
-             for k, (i, o) in enumerate(zip(in_dims, dims, strict=True))]
+        g = [
+            DenseWeights(i, o, self.use_bias, name=f"g_{k}")()
+            for k, (i, o) in enumerate(zip(in_dims, dims, strict=True))
+        ]
+        s = [
+            DenseWeights(i, o, self.use_bias, name=f"sigma_{k}")()
+            for k, (i, o) in enumerate(zip(in_dims, dims, strict=True))
+        ]
         dtype = jnp.result_type(*tables, g[0][0])
         hg = _split_first_layer(parts, tables, g[0], dtype, self.per_atom)
         hs = _split_first_layer(parts, tables, s[0], dtype, self.per_atom)
@@ -161,7 +178,7 @@ def _split_first_layer(parts, tables, weights, dtype, per_atom: bool) -> Array:
     for part, table in zip(parts, tables, strict=True):
         width = table.shape[-1]
         dot = blocked_dot if per_atom or isinstance(part, tuple) else _dot
-        y = dot(table.astype(dtype), kernel[start:start + width])
+        y = dot(table.astype(dtype), kernel[start : start + width])
         if isinstance(part, tuple):
             y = y[part[1]]
         h = y if h is None else h + y

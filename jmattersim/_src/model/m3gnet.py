@@ -2,7 +2,7 @@
 
 The model maps a graph (atom types, edge vectors, bond and triplet indices) to
 per-atom energies. Geometry (edge vectors from positions, lattice and image
-shifts), strain and the sums over graphs live in :mod:`jmattersim.energy`.
+shifts), strain and the sums over graphs live in :mod:`jmattersim._src.energy`.
 
 Padding: edges and triplets carry masks. Padded entries get a stand-in length
 before any square root and contribute zero to every sum, so values and
@@ -92,8 +92,9 @@ class MainBlock(nn.Module):
     fast: bool = True
 
     @nn.compact
-    def __call__(self, atom_attr, edge_attr, edge_attr_zero, three_basis, x: ModelInputs,
-                 edge_length):
+    def __call__(
+        self, atom_attr, edge_attr, edge_attr_zero, three_basis, x: ModelInputs, edge_length
+    ):
         c = self.config
         edge_attr = ThreeDInteraction(c, self.fast, name="three_body")(
             edge_attr, three_basis, atom_attr, x, edge_length
@@ -101,21 +102,21 @@ class MainBlock(nn.Module):
         update = self._edge_gated_mlp("gated_mlp_edge", atom_attr, edge_attr, x)
         edge_attr = edge_attr + update * dense(c.units, False, "edge_layer_edge")(edge_attr_zero)
         message = self._edge_gated_mlp("gated_mlp_atom", atom_attr, edge_attr, x)
-        message = message * jax.nn.silu(
-            dense(c.units, False, "edge_layer_atom")(edge_attr_zero)
-        )
+        message = message * jax.nn.silu(dense(c.units, False, "edge_layer_atom")(edge_attr_zero))
         message = message * x.edge_mask[:, None]
         atom_attr = atom_attr + segment_sum(message, x.senders, atom_attr.shape[0])
         return atom_attr, edge_attr
 
-    def _edge_gated_mlp(self, name: str, atom_attr: Array, edge_attr: Array,
-                        x: ModelInputs) -> Array:
+    def _edge_gated_mlp(
+        self, name: str, atom_attr: Array, edge_attr: Array, x: ModelInputs
+    ) -> Array:
         """A gated MLP over concat(atom_i, atom_j, edge) per edge: split (fast) or
         on the built concatenation (upstream's layout); the same variables."""
         dims, acts = (self.config.units, self.config.units), ("swish", "swish")
         if self.fast:
             return FastGatedMLP(dims, acts, name=name)(
-                (atom_attr, x.senders), (atom_attr, x.receivers), edge_attr)
+                (atom_attr, x.senders), (atom_attr, x.receivers), edge_attr
+            )
         return GatedMLP(dims, acts, name=name)(_concat_ije(atom_attr, edge_attr, x))
 
 
@@ -202,9 +203,7 @@ class M3GNet(nn.Module):
 
         atom_attr = MLP((c.units,), (None,), use_bias=False, name="atom_embedding")(x.atom_types)
         edge_attr_zero = SmoothBesselBasis(c, name="rbf")(edge_length)
-        edge_attr = MLP((c.units,), ("swish",), use_bias=False, name="edge_encoder")(
-            edge_attr_zero
-        )
+        edge_attr = MLP((c.units,), ("swish",), use_bias=False, name="edge_encoder")(edge_attr_zero)
         sbf = SphericalBasisLayer(c, name="sbf")
         if self.fast:  # radial part and cutoffs once per edge, gathered per triplet;
             # the blocks' triplet weight (the same in every block) applied here, once
@@ -216,12 +215,20 @@ class M3GNet(nn.Module):
         blocks = [MainBlock(c, self.fast, name=f"graph_conv_{b}") for b in range(c.num_blocks)]
         if self.remat and not self.is_initializing():
             atom_attr, edge_attr = _remat_blocks(
-                MainBlock(c, self.fast), [self.variables["params"][b.name] for b in blocks],
-                atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length)
+                MainBlock(c, self.fast),
+                [self.variables["params"][b.name] for b in blocks],
+                atom_attr,
+                edge_attr,
+                edge_attr_zero,
+                three_basis,
+                x,
+                edge_length,
+            )
         else:
             for block in blocks:
                 atom_attr, edge_attr = block(
-                    atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length)
+                    atom_attr, edge_attr, edge_attr_zero, three_basis, x, edge_length
+                )
         final_dims, final_acts = (c.units, c.units, 1), ("swish", "swish", None)
         if self.fast:
             final = FastGatedMLP(final_dims, final_acts, per_atom=True, name="final")
@@ -229,11 +236,13 @@ class M3GNet(nn.Module):
             final = GatedMLP(final_dims, final_acts, name="final")
         energies = final(atom_attr)[:, 0]
         return AtomScaling(c.num_species, self.soft_normalize, name="normalizer")(
-            energies, x.atom_types)
+            energies, x.atom_types
+        )
 
 
-def _remat_blocks(block: MainBlock, params: list, atom_attr: Array, edge_attr: Array,
-                  *shared) -> tuple[Array, Array]:
+def _remat_blocks(
+    block: MainBlock, params: list, atom_attr: Array, edge_attr: Array, *shared
+) -> tuple[Array, Array]:
     """The interaction blocks as one ``lax.scan`` over their stacked weights, its
     body under ``jax.checkpoint``: the backward pass recomputes each block inside
     its own loop iteration, so only one block's intermediates are ever live (a
@@ -243,8 +252,9 @@ def _remat_blocks(block: MainBlock, params: list, atom_attr: Array, edge_attr: A
     def body(carry, weights):
         return block.apply({"params": weights}, *carry, *shared), None
 
-    carry, _ = jax.lax.scan(jax.checkpoint(body, prevent_cse=False), (atom_attr, edge_attr),
-                            stacked)
+    carry, _ = jax.lax.scan(
+        jax.checkpoint(body, prevent_cse=False), (atom_attr, edge_attr), stacked
+    )
     return carry
 
 
@@ -260,9 +270,12 @@ def init_params(config: M3GNetConfig, key: Array):
     """Random Flax variables of the right shapes for ``config`` (float32)."""
     e = 2
     inputs = ModelInputs(
-        atom_types=jnp.zeros((2, config.num_species)), edge_vectors=jnp.ones((e, 3)),
-        senders=jnp.zeros(e, jnp.int32), receivers=jnp.ones(e, jnp.int32),
-        edge_mask=jnp.ones(e, bool), triplets=jnp.array([[0, 1]]),
+        atom_types=jnp.zeros((2, config.num_species)),
+        edge_vectors=jnp.ones((e, 3)),
+        senders=jnp.zeros(e, jnp.int32),
+        receivers=jnp.ones(e, jnp.int32),
+        edge_mask=jnp.ones(e, bool),
+        triplets=jnp.array([[0, 1]]),
         triplet_mask=jnp.ones(1, bool),
     )
     return M3GNet(config).init(key, inputs)

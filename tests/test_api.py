@@ -1,0 +1,84 @@
+"""The public API's shape: names, modules, units, wording (fast tier)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import jmattersim
+
+pytestmark = pytest.mark.fast
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLIC_MODULES = {"jax_md", "testing"}
+
+
+def test_no_public_function_shares_its_name_with_a_submodule():
+    for name in jmattersim.__all__:
+        value = getattr(jmattersim, name)
+        is_module = inspect.ismodule(value)
+        spec = importlib.util.find_spec(f"jmattersim.{name}")
+        assert is_module == (spec is not None), f"jmattersim.{name}"
+    modules = {p.stem for p in (REPO / "jmattersim").glob("*.py")} - {"__init__", "__main__"}
+    assert modules == PUBLIC_MODULES
+    assert {
+        n for n in jmattersim.__all__ if inspect.ismodule(getattr(jmattersim, n))
+    } == PUBLIC_MODULES
+
+
+def test_every_public_name_resolves_and_is_documented():
+    for module in (jmattersim, jmattersim.jax_md, jmattersim.testing):
+        assert module.__doc__
+        for name in module.__all__:
+            value = getattr(module, name)
+            if callable(value) or inspect.ismodule(value):
+                assert inspect.getdoc(value), f"{module.__name__}.{name} has no docstring"
+
+
+def stress_fields(cls) -> list[str]:
+    names = cls._fields if hasattr(cls, "_fields") else [f.name for f in dataclasses.fields(cls)]
+    return [n for n in names if "stress" in n]
+
+
+def test_stress_units_are_unambiguous():
+    """A field called ``stress`` is eV/Å³ (ASE's unit); GPa is always in the name,
+    except forward_batch's ``stresses`` key (upstream's), documented as GPa."""
+    assert stress_fields(jmattersim.Result) == ["stress_gpa"]
+    assert stress_fields(jmattersim.Predictions) == ["stress"]
+    assert re.search(r"stress.*eV/Å\^?3|stress.*eV/Å³", inspect.getdoc(jmattersim.Predictions))
+    assert "GPa" in inspect.getdoc(jmattersim.Result)
+    assert re.search(r"stresses.*GPa", inspect.getdoc(jmattersim.forward_batch), re.S)
+    assert "eV/Å" in inspect.getdoc(jmattersim.MatterSimCalculator)
+
+
+# "seed" only as a random seed: every line that says it also says one of these
+RANDOM_SEED = re.compile(
+    r"random|seed[=:,)\]}]|--seed|seeded|seeds|SEEDS|rng|manual_seed|seed [+*]|\(seed|"
+    r"seed (of|for) the (frame|random)|seed \d|with seed|key\(seed|seed\b.*\bdraw",
+    re.IGNORECASE,
+)
+
+
+def test_seed_means_only_a_random_seed():
+    roots = [
+        REPO / "jmattersim",
+        REPO / "convert_weights",
+        REPO / "notebooks",
+        REPO / "docs",
+        REPO / "benchmarks",
+        REPO / "tests",
+    ]
+    files = [REPO / "README.md", REPO / "CHANGELOG.md"]
+    for root in roots:
+        files += [p for p in root.rglob("*") if p.suffix in {".py", ".md", ".ipynb"}]
+    bad = []
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if re.search(r"seed", line, re.IGNORECASE) and not RANDOM_SEED.search(line):
+                bad.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    assert not bad, "\n".join(bad)
