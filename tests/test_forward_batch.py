@@ -24,6 +24,7 @@ from jmattersim._src.batch import (
 )
 from jmattersim._src.energy import batch_properties_fn, energy_fn
 from jmattersim._src.neighbors import capacity_for
+from jmattersim.testing import upstream_potential
 
 from conftest import MPTRJ, arrays, small_cell
 
@@ -44,7 +45,7 @@ def mixed_batch(structures):
 def test_batch_forces_stresses_equal_calculator_and_upstream(model, checkpoints, mixed_batch):
     assert len(mixed_batch[0]) == 2 and len(mixed_batch[1]) >= 100
     out = forward_batch(model, mixed_batch, include_forces=True, include_stresses=True)
-    pot = upstream.load_potential(checkpoints["1M"])
+    pot = upstream_potential(checkpoints["1M"])
     sizes = [len(a) for a in mixed_batch]
     forces = np.split(np.asarray(out["forces"]), np.cumsum(sizes)[:-1])
     host = evaluate(model, mixed_batch)  # the calculator's compiled path, all at once

@@ -12,6 +12,7 @@ from ase import Atoms
 import jmattersim
 from jmattersim import evaluate
 from jmattersim._src.graph import structure_graph
+from jmattersim.testing import upstream_potential
 
 upstream = pytest.importorskip("upstream")
 
@@ -20,7 +21,7 @@ CONFIGS = ["1M", "5M"]
 
 @pytest.fixture(scope="session")
 def potentials(checkpoints):
-    return {name: upstream.load_potential(path) for name, path in checkpoints.items()}
+    return {name: upstream_potential(path) for name, path in checkpoints.items()}
 
 
 @pytest.fixture(scope="session", params=CONFIGS)
@@ -112,7 +113,7 @@ def test_calculator_matches_upstream_calculator(converted, checkpoints, structur
     from mattersim.forcefield.potential import MatterSimCalculator as UpstreamCalculator
 
     ours = jmattersim.MatterSimCalculator(converted["1M"])
-    theirs = UpstreamCalculator(upstream.load_potential(checkpoints["1M"]), device="cpu")
+    theirs = UpstreamCalculator(upstream_potential(checkpoints["1M"]), device="cpu")
     for key in ["si_diamond", "h2o_molecule", "al_slab_pbc_TTF", "triclinic_oxide"]:
         a, b = structures[key].copy(), structures[key].copy()
         a.calc, b.calc = ours, theirs
@@ -143,7 +144,7 @@ def test_isolated_atoms_match_upstream(model, checkpoints):
         ),
     }
     ours = jmattersim.MatterSimCalculator(model)
-    theirs = UpstreamCalculator(upstream.load_potential(checkpoints["1M"]), device="cpu")
+    theirs = UpstreamCalculator(upstream_potential(checkpoints["1M"]), device="cpu")
     for name, atoms in cases.items():
         a, b = atoms.copy(), atoms.copy()
         a.calc, b.calc = ours, theirs

@@ -18,10 +18,7 @@ warnings.filterwarnings("ignore", module="mattersim")
 from mattersim.forcefield.potential import batch_to_dict  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 
-from jmattersim.testing import ARCHITECTURES  # noqa: E402
-from jmattersim.testing import upstream_graph as graph_data  # noqa: E402
-
-CONFIGS = {name: ARCHITECTURES[name] for name in ("1M", "5M")}
+from jmattersim.testing import upstream_graph  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -53,7 +50,7 @@ def predict(potential, atoms: Atoms, float64: bool = False) -> dict:
     stores them as float32; here they are replaced by the float64 originals).
     """
     args = potential.model.model_args
-    data, normalised = graph_data(atoms, args)
+    data, normalised = upstream_graph(atoms, args)
     inputs = batch_to_dict(Batch.from_data_list([data]), device="cpu")
     ctx = _float64(potential) if float64 else contextlib.nullcontext()
     with ctx:
