@@ -34,6 +34,7 @@ from ._src.energy import (  # noqa: E402
 )
 from ._src.engine import LADDER  # noqa: E402
 from ._src.evaluate import Result, evaluate  # noqa: E402
+from ._src.hessian import hessian, hessian_columns  # noqa: E402
 from ._src.io import load_model  # noqa: E402
 from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
 from ._src.padding import BatchBudget  # noqa: E402
@@ -96,6 +97,8 @@ __all__ = [
     "forward_batch",
     "graph_mesh",
     "graphs_tuple",
+    "hessian",
+    "hessian_columns",
     "init_model",
     "jax_md",
     "load_model",

@@ -56,6 +56,18 @@ def tune_allocator() -> bool:
     )
 
 
+def release_memory() -> None:
+    """Returns the heap's free memory to the system (glibc ``malloc_trim``): for long
+    loops of large calls, whose freed buffers the tuned allocator would otherwise keep
+    and fragment. Does nothing elsewhere."""
+    if not _STATE.get("allocator_tuned"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def enable_compile_cache() -> Path | None:
     """Turns on JAX's persistent compilation cache; returns its directory."""
     setting = os.environ.get("JMATTERSIM_COMPILE_CACHE", "")
