@@ -146,6 +146,28 @@ def _forces_and_stress(
     return Predictions(e, -de_dr, de_deps / volume[:, None, None])
 
 
+def batch_energy_of(config: M3GNetConfig, params: Params, batch: Batch, **options: Any):
+    """energy_of(positions (N, 3), strain (G, 3, 3) or None) -> (G,) eV of a host-built
+    batch, its topology fixed (``options`` go to :func:`energies`)."""
+    g = batch.graph
+    topo = batch_topology(batch)
+
+    def energy_of(positions: Array, strain: Array | None = None) -> Array:
+        return energies(
+            config,
+            params,
+            g.nodes["atom_types"],
+            positions,
+            g.globals["lattice"],
+            g.n_node,
+            topo,
+            strain,
+            **options,
+        )
+
+    return energy_of
+
+
 def predict(
     config: M3GNetConfig,
     params: Params,
@@ -156,22 +178,9 @@ def predict(
     """Energies, forces (-dE/dr) and stresses (dE/d eps / V) of a host-built batch
     (``within_cutoffs``: its lists hold a skin, see :func:`energies`)."""
     g = batch.graph
-    topo = batch_topology(batch)
-
-    def energy_of(positions, strain):
-        return energies(
-            config,
-            params,
-            g.nodes["atom_types"],
-            positions,
-            g.globals["lattice"],
-            g.n_node,
-            topo,
-            strain,
-            soft_normalize,
-            within_cutoffs=within_cutoffs,
-        )
-
+    energy_of = batch_energy_of(
+        config, params, batch, soft_normalize=soft_normalize, within_cutoffs=within_cutoffs
+    )
     return _forces_and_stress(
         energy_of, g.nodes["positions"], g.globals["lattice"], jraph.get_graph_padding_mask(g)
     )

@@ -21,7 +21,7 @@ from ase import Atoms
 from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
-from .energy import batch_topology, energies
+from .energy import batch_energy_of
 from .padding import counts_of, pad, tight_budget
 from .runtime import release_memory
 from .validate import checked_graph, structure_label
@@ -37,21 +37,11 @@ REMAT = True  # recompute each block in the backward pass: a fraction of the mem
 
 def _energy_of_positions(config: M3GNetConfig, params, batch, n_real: int):
     """E(x) for x (n_real, 3) Å: the batch's padded positions with the real ones replaced."""
-    g = batch.graph
-    topo = batch_topology(batch)
+    energy_of = batch_energy_of(config, params, batch, remat=REMAT)
+    padded = batch.graph.nodes["positions"]
 
     def energy(x: Array) -> Array:
-        positions = g.nodes["positions"].at[:n_real].set(x)
-        return energies(
-            config,
-            params,
-            g.nodes["atom_types"],
-            positions,
-            g.globals["lattice"],
-            g.n_node,
-            topo,
-            remat=REMAT,
-        )[0]
+        return energy_of(padded.at[:n_real].set(x))[0]
 
     return energy
 
