@@ -13,6 +13,7 @@ from ._src import runtime as _runtime
 
 _runtime.configure()  # a caching allocator and the persistent compile cache, before JAX runs
 
+from ._src.anharmonic import fc3, thermal_conductivity  # noqa: E402
 from ._src.batch import (  # noqa: E402
     NeighborList,
     batch_index_to_sizes,
@@ -26,6 +27,7 @@ from ._src.batch import (  # noqa: E402
 from ._src.calculator import MatterSimCalculator  # noqa: E402
 from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
+from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
 from ._src.energy import (  # noqa: E402
     Predictions,
     batch_energy_fn,
@@ -36,8 +38,10 @@ from ._src.engine import LADDER  # noqa: E402
 from ._src.evaluate import Result, evaluate  # noqa: E402
 from ._src.hessian import hessian, hessian_columns  # noqa: E402
 from ._src.io import load_model  # noqa: E402
+from ._src.minimum import NotAtMinimumWarning  # noqa: E402
 from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
 from ._src.padding import BatchBudget  # noqa: E402
+from ._src.phonons import PhononSpectrum, phonon_spectrum, phonons  # noqa: E402
 from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
 from ._src.sharding import graph_mesh  # noqa: E402
@@ -76,11 +80,14 @@ __all__ = [
     "PUBLISHED",
     "BatchBudget",
     "CapacityOverflowError",
+    "ElasticTensor",
     "InvalidStructureError",
     "M3GNetConfig",
     "MatterSimCalculator",
     "Model",
     "NeighborList",
+    "NotAtMinimumWarning",
+    "PhononSpectrum",
     "Predictions",
     "Result",
     "TopologyCapacity",
@@ -92,8 +99,10 @@ __all__ = [
     "check_atoms",
     "checked",
     "checked_energy_fn",
+    "elastic_tensor",
     "energy_fn",
     "evaluate",
+    "fc3",
     "forward_batch",
     "graph_mesh",
     "graphs_tuple",
@@ -106,9 +115,12 @@ __all__ = [
     "neighbor_list",
     "neighbors_stale",
     "pad_graph",
+    "phonon_spectrum",
+    "phonons",
     "predict_file",
     "relax",
     "save_model",
     "sizes_to_batch_index",
     "testing",
+    "thermal_conductivity",
 ]

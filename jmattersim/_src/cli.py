@@ -1,4 +1,5 @@
-"""``jmattersim predict FILE``: energy, forces and stress of every frame."""
+"""``jmattersim predict FILE``: energy, forces and stress of every frame;
+``jmattersim phonons FILE``: phonons from exact force constants."""
 
 from __future__ import annotations
 
@@ -63,6 +64,92 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def phonons_command(args: argparse.Namespace) -> int:
+    """Phonons of the first structure of FILE, written to DIR (complete or not at all)."""
+    import json
+    import shutil
+    import tempfile
+
+    from ase.io import read, write
+
+    from .io import load_model
+    from .validate import InvalidStructureError
+
+    if args.float64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    try:
+        from .phonons import ase_atoms, phonon_spectrum, phonons, require_phonopy
+
+        require_phonopy()
+    except ImportError as e:
+        print(f"jmattersim phonons: {e}", file=sys.stderr)
+        return 1
+    try:
+        model = load_model(args.model)
+    except (ConnectionError, FileNotFoundError, ValueError) as e:
+        print(f"jmattersim phonons: cannot load model '{args.model}': {e}", file=sys.stderr)
+        return 1
+    try:
+        atoms = read(args.file)
+    except Exception as e:  # ASE raises many types for unreadable files
+        print(
+            f"jmattersim phonons: cannot read '{args.file}': {type(e).__name__}: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"jmattersim phonons: '{out}' exists (pass --overwrite)", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    try:
+        phonon = phonons(
+            model,
+            atoms,
+            args.supercell if len(args.supercell) == 3 else args.supercell[0],
+            relax=args.relax,
+            mesh=args.mesh,
+        )
+    except (InvalidStructureError, ValueError) as e:
+        print(f"jmattersim phonons: {args.file}: {e}", file=sys.stderr)
+        return 1
+    spectrum = phonon_spectrum(phonon)
+    from phonopy.file_IO import write_FORCE_CONSTANTS
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    write_FORCE_CONSTANTS(phonon.force_constants, filename=str(work / "FORCE_CONSTANTS"))
+    phonon.save(str(work / "phonopy_params.yaml"), settings={"force_constants": True})
+    phonon.band_structure.write_yaml(filename=str(work / "band.yaml"))
+    phonon.total_dos.write(str(work / "total_dos.dat"))
+    write(work / "structure.extxyz", ase_atoms(phonon.unitcell))
+    spectrum.figure.savefig(work / "phonons.png", dpi=150)
+    summary = {
+        "structure": str(args.file),
+        "formula": atoms.get_chemical_formula(),
+        "supercell": [list(map(int, row)) for row in phonon.supercell_matrix],
+        "displacements": len(phonon.dataset["first_atoms"]),
+        "relaxed": bool(args.relax),
+        "min_frequency_thz": spectrum.min_frequency,
+        "max_frequency_thz": float(max(f.max() for f in spectrum.frequencies)),
+        "has_imaginary": spectrum.has_imaginary,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    state = "imaginary modes present" if spectrum.has_imaginary else "no imaginary modes"
+    print(
+        f"{summary['formula']}: {state} (frequencies {summary['min_frequency_thz']:.2f} to "
+        f"{summary['max_frequency_thz']:.2f} THz); {summary['displacements']} displacements, "
+        f"{summary['seconds']:.1f} s -> {out}"
+    )
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -102,8 +189,37 @@ def main(argv: list[str] | None = None) -> int:
         "--restart", action="store_true", help="ignore an interrupted run's progress and start over"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _phonons_parser(sub)
     args = parser.parse_args(argv)
-    return predict_command(args)
+    return phonons_command(args) if args.command == "phonons" else predict_command(args)
+
+
+def _phonons_parser(sub) -> None:
+    p = sub.add_parser(
+        "phonons",
+        help="phonons of the structure in FILE from exact force constants (phonopy)",
+        description="Phonons from exact force constants (the Hessian by automatic "
+        "differentiation, set into phonopy): writes FORCE_CONSTANTS, phonopy_params.yaml, "
+        "band.yaml, total_dos.dat, phonons.png (bands and DOS), structure.extxyz and "
+        "summary.json (with whether imaginary modes are present) to DIR. Needs "
+        'pip install "jmattersim[phonons]".',
+    )
+    p.add_argument("file", help="the unit cell, any file ASE reads (first frame)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"converted model directory, .pth or published name (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--supercell", type=int, nargs="+", default=[2, 2, 2], help="N or N1 N2 N3 (default 2 2 2)"
+    )
+    p.add_argument("--mesh", type=int, nargs=3, default=None, help="q-point mesh for the DOS")
+    p.add_argument(
+        "--relax", action="store_true", help="relax positions and cell first (space group kept)"
+    )
+    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,12 +47,14 @@ def _energy_of_positions(config: M3GNetConfig, params, batch, n_real: int):
 
 
 def _columns(config: M3GNetConfig, n_real: int):
-    """f(params, batch, x, tangents (T, n_real, 3)) -> (T, n_real, 3): the jvp of the
-    gradient along each tangent."""
+    """f(params, batch, x, tangents (T, n_real, 3)) -> (dE/dx (n_real, 3), (T, n_real, 3)):
+    the gradient, and its jvp along each tangent (the gradient is the jvp's primal:
+    the residual forces come free)."""
 
     def columns(params, batch, x, tangents):
         grad = jax.grad(_energy_of_positions(config, params, batch, n_real))
-        return jax.vmap(lambda v: jax.jvp(grad, (x,), (v,))[1])(tangents)
+        gradient, hvp = jax.linearize(grad, x)
+        return gradient, jax.vmap(hvp)(tangents)
 
     return columns
 
@@ -119,6 +121,20 @@ def hessian_columns(
         MemoryError: a given ``atoms_chunk`` would need more memory than is
             available; the message suggests one that fits.
     """
+    rows, _ = rows_and_forces(model, atoms, atom_indices, atoms_chunk=atoms_chunk, dtype=dtype)
+    return rows
+
+
+def rows_and_forces(
+    model: Model,
+    atoms: Atoms,
+    atom_indices: Sequence[int],
+    *,
+    atoms_chunk: int | None = None,
+    dtype=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hessian_columns`, and the forces (N, 3) eV/Å at ``atoms`` (free: the
+    gradient is the primal of the Hessian's jvp). Raises as it does."""
     dtype = np.dtype(dtype or default_float())
     config = model.config
     graph = checked_graph(atoms, config)
@@ -147,16 +163,20 @@ def hessian_columns(
                 f"than the {have / 2**30:.1f} GiB available; pass atoms_chunk={fits} or smaller"
             )
     out = np.empty((len(indices), 3, n, 3), dtype)
+    forces = None
     directions = np.arange(3 * chunk) % 3
     for start in range(0, len(indices), chunk):
         part = indices[start : start + chunk]
         rows = np.repeat(np.pad(part, (0, chunk - len(part))), 3)
         basis = np.zeros((3 * chunk, n, 3), dtype)
         basis[np.arange(3 * chunk), rows, directions] = 1.0
-        cols = np.asarray(fn(params, batch, x, jnp.asarray(basis)))
+        gradient, cols = fn(params, batch, x, jnp.asarray(basis))
+        cols = np.asarray(cols)
+        if forces is None:
+            forces = -np.asarray(gradient)
         release_memory()  # a chunk's buffers back to the system: the peak stays one call's
         out[start : start + len(part)] = cols[: 3 * len(part)].reshape(len(part), 3, n, 3)
-    return out
+    return out, forces
 
 
 def _default_chunk(config: M3GNetConfig, graph, rows: int, args: tuple, dtype):
