@@ -464,6 +464,50 @@ def first_pass_rows(name: str, n: int, seed: int, add) -> None:
         )
 
 
+def phonon_structures() -> dict[str, tuple]:
+    """name -> (ASE structure, supercell N, workflow): diamond Si (phonopy needs one
+    displacement), a low-symmetry MPtrj frame with 6 symmetry-irreducible atoms (one
+    ASE calculation per displacement upstream; one batched call here), and Si for fc3."""
+    from ase.build import bulk
+    from ase.io import read
+
+    frames = read(SHARED / "data" / "mptrj-random-1k.xyz", ":")
+    low = next(a for a in frames if a.get_chemical_formula() == "GeO5Pb3")  # Cmm2, 9 atoms
+    si = bulk("Si", "diamond", 5.43, cubic=True)
+    return {
+        "Si 2x2x2 (64 atoms)": (si, 2, "phonons"),
+        "GeO5Pb3 2x2x2 (72 atoms)": (low, 2, "phonons"),
+        "fc3, Si 2x2x2 (64 atoms)": (si, 2, "fc3"),
+    }
+
+
+def phonon_rows(name: str, add) -> None:
+    script = str(HERE / "phonon_workflow.py")
+    for label, (atoms, n, kind) in phonon_structures().items():
+        path = WORK / f"phonons-{kind}-{atoms.get_chemical_formula()}.extxyz"
+        atoms.write(path)
+        cache = Path(tempfile.mkdtemp(prefix="xla-", dir=WORK))
+        env = {"JMATTERSIM_COMPILE_CACHE": str(cache)}
+        jm_cmd = [sys.executable, script, "jm", kind, str(path), str(model_dir(name)), str(n)]
+        cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
+        up_cmd = [sys.executable, script, "up", kind, str(path), str(checkpoint(name)), str(n)]
+        up = measured(up_cmd)
+        what = "phonon force constants" if kind == "phonons" else "fc2 + fc3"
+        for cache_state, jm in (("cold", cold), ("warm", warm)):
+            add(
+                f"{what}, whole process: {label.removeprefix('fc3, ')}",
+                name,
+                "s",
+                jm["child_wall"],
+                up["child_wall"],
+                f"exact vs upstream's {'PhononWorkflow' if kind == 'phonons' else 'bte.py'} "
+                f"({up['displacements']} displaced supercells); compile cache {cache_state}; "
+                f"workflow alone {jm['workflow']:.1f} s vs {up['workflow']:.1f} s",
+                lower_is_better=True,
+                jm_impl=cache_state,
+            )
+
+
 def relax_rows(name: str, n: int, seed: int, fmax: float, steps: int, add) -> None:
     frames = draw(n, seed + 3, max_atoms=24)
     for k, a in enumerate(frames):
@@ -655,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        help="workloads: predict steady inverse_design first_pass relax md",
+        help="workloads: predict steady inverse_design first_pass relax md phonons",
     )
     parser.add_argument(
         "--configs",
@@ -675,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.quick)
     if args.configs:
         p["configs"] = args.configs
-    only = set(args.only or ["predict", "steady", "inverse_design", "first_pass", "relax", "md"])
+    workloads = ["predict", "steady", "inverse_design", "first_pass", "relax", "md", "phonons"]
+    only = set(args.only or workloads)
     rows: list[dict] = []
     runs: list[dict] = []
     kept: dict = {}
@@ -740,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         relax_rows("1M", p["relax_frames"], args.seed, p["relax_fmax"], p["relax_steps"], add)
     if "md" in only:
         md_rows("1M", p["md_sizes"], p["md_steps"], add)
+    if "phonons" in only:
+        phonon_rows("1M", add)
     write(rows, info)
     return 0
 

@@ -67,6 +67,7 @@ def test_notebooks_found():
         "01_quickstart.ipynb",
         "02_inverse_design.ipynb",
         "03_molecular_dynamics.ipynb",
+        "04_phonons_and_elastic.ipynb",
     ]
 
 

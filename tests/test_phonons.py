@@ -268,3 +268,57 @@ def test_thermal_conductivity_matches_upstream_bte(scaled, tmp_path):
     )
     assert ours > 0
     assert abs(ours - theirs) <= max(fd_error, 0.02 * abs(theirs))
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_phonons_cli_writes_phonopy_files(small_model, tmp_path, capsys):
+    """``jmattersim phonons``: phonopy's files, the plot and a summary in DIR, the
+    force constants those of ``jmattersim.phonons``; refuses to overwrite, and
+    names an unreadable file."""
+    from phonopy.file_IO import parse_FORCE_CONSTANTS
+    from small_reference import MODEL
+
+    from jmattersim._src.cli import main
+
+    src = tmp_path / "si.extxyz"
+    bulk("Si", "diamond", 5.43).write(src)
+    out = tmp_path / "si-phonons"
+    args = ["phonons", str(src), "--model", str(MODEL), "--supercell", "2", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jmattersim.NotAtMinimumWarning)
+        assert main(args) == 0
+        expected = jmattersim.phonons(small_model, bulk("Si", "diamond", 5.43), 2, mesh=False)
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "FORCE_CONSTANTS",
+        "phonopy_params.yaml",
+        "band.yaml",
+        "total_dos.dat",
+        "phonons.png",
+        "structure.extxyz",
+        "summary.json",
+    }
+    fc = parse_FORCE_CONSTANTS(str(out / "FORCE_CONSTANTS"))
+    np.testing.assert_allclose(fc, expected.force_constants, atol=1e-6)
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["has_imaginary"] == (summary["min_frequency_thz"] < -0.299)
+    assert "imaginary modes" in capsys.readouterr().out
+    assert main(args) == 1  # DIR exists
+    assert "exists (pass --overwrite)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "phonons",
+                str(tmp_path / "missing.cif"),
+                "--model",
+                str(MODEL),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
+    assert "cannot read" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

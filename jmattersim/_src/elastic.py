@@ -129,7 +129,7 @@ def _jvps(config: M3GNetConfig, n_real: int):
     per unit), at positions x and strain 0; and the volume Å³."""
 
     def jvps(params, batch, x, dx, de):
-        energy_of = batch_energy_of(config, params, batch, remat=REMAT)
+        energy_of = batch_energy_of(config, params, batch, remat=REMAT, smooth_angles=True)
         padded = batch.graph.nodes["positions"]
         lattices = batch.graph.globals["lattice"]
         volume = jnp.abs(jnp.linalg.det(lattices[0]))

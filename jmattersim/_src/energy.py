@@ -69,6 +69,7 @@ def energies(
     soft_normalize: bool = True,
     remat: bool = False,
     within_cutoffs: bool = False,
+    smooth_angles: bool = False,
 ) -> Array:
     """Total energy (G,) in eV of each graph of a batch with a given topology.
 
@@ -80,6 +81,9 @@ def energies(
     instead of storing it: less memory for gradients, the same numbers.
     within_cutoffs: keep only the listed edges and triplets within the cutoffs at
     these positions (a list built with a skin holds more).
+    smooth_angles: differentiate through upstream's clamp of the angle cosine as if
+    it were the identity (the same values; see :class:`M3GNet`): for second and
+    higher derivatives, which the clamp's plateau at straight triplets would spoil.
     """
     node_graph = node_graph_index(n_node, positions.shape[0])
     if strain is not None:
@@ -99,7 +103,9 @@ def energies(
         topo.triplets,
         topo.triplet_mask,
     )
-    atom_energies = M3GNet(config, soft_normalize=soft_normalize, remat=remat).apply(params, inputs)
+    atom_energies = M3GNet(
+        config, soft_normalize=soft_normalize, remat=remat, smooth_angles=smooth_angles
+    ).apply(params, inputs)
     return jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
 
 

@@ -37,7 +37,7 @@ REMAT = True  # recompute each block in the backward pass: a fraction of the mem
 
 def _energy_of_positions(config: M3GNetConfig, params, batch, n_real: int):
     """E(x) for x (n_real, 3) Å: the batch's padded positions with the real ones replaced."""
-    energy_of = batch_energy_of(config, params, batch, remat=REMAT)
+    energy_of = batch_energy_of(config, params, batch, remat=REMAT, smooth_angles=True)
     padded = batch.graph.nodes["positions"]
 
     def energy(x: Array) -> Array:

@@ -170,6 +170,7 @@ def phonons(
             1e-3 eV/Å); a dict overrides those options.
         mesh: q-point mesh (3 ints, or phonopy's length) for ``run_mesh``;
             default upstream's: 6x the supercell diagonal (3x if anisotropic).
+            Γ-centred (phonopy's symmetry reduction then applies to even meshes).
             ``False`` skips it.
         band_path: "auto" (seekpath's path, phonopy's ``auto_band_structure``),
             a sequence of paths of reduced q-points, or None.
@@ -212,7 +213,7 @@ def phonons(
     phonon.produce_force_constants(show_drift=False)
     phonon.symmetrize_force_constants(show_drift=False)
     if mesh is not False:
-        phonon.run_mesh(default_mesh(matrix) if mesh is None else mesh)
+        phonon.run_mesh(default_mesh(matrix) if mesh is None else mesh, is_gamma_center=True)
     if isinstance(band_path, str):
         if band_path != "auto":
             raise ValueError(

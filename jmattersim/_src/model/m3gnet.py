@@ -183,12 +183,17 @@ class M3GNet(nn.Module):
     (``jax.checkpoint`` per block, the blocks run as a ``lax.scan``) instead of
     storing its intermediates: less memory for gradients, same values, some
     extra time.
+    smooth_angles: differentiate through upstream's clamp of the angle cosine as
+    through the identity (same values). Upstream's clamp has a zero derivative
+    within 4.5e-4 rad of a straight angle; forces keep it (parity), exact second
+    and third derivatives use this (no plateau at straight triplets).
     """
 
     config: M3GNetConfig
     soft_normalize: bool = True
     fast: bool = True
     remat: bool = False
+    smooth_angles: bool = False
 
     @nn.compact
     def __call__(self, x: ModelInputs) -> Array:
@@ -198,8 +203,17 @@ class M3GNet(nn.Module):
         cos_jik = jnp.sum(x.edge_vectors[ij] * x.edge_vectors[ik], axis=1) / (
             edge_length[ij] * edge_length[ik]
         )
-        # Upstream clamps, takes acos, and its basis takes cos again: same values.
-        cos_jik = jnp.clip(cos_jik, -1.0 + 1e-7, 1.0 - 1e-7)
+        # Upstream clamps (a guard for its acos), takes acos, and its basis takes cos
+        # again: the same values, and the same forces (the clamp's zero gradient
+        # within 4.5e-4 rad of a straight angle included). That zero gradient is a
+        # plateau about 1e-3 Å wide at every straight triplet (perovskites, rock
+        # salt), which would make exact Hessians miss its bending curvature:
+        # smooth_angles keeps the clamped value with the identity's derivative.
+        clamped = jnp.clip(cos_jik, -1.0 + 1e-7, 1.0 - 1e-7)
+        if self.smooth_angles:
+            cos_jik = cos_jik + jax.lax.stop_gradient(clamped - cos_jik)
+        else:
+            cos_jik = clamped
 
         atom_attr = MLP((c.units,), (None,), use_bias=False, name="atom_embedding")(x.atom_types)
         edge_attr_zero = SmoothBesselBasis(c, name="rbf")(edge_length)
