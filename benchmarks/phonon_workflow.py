@@ -1,11 +1,16 @@
 """One phonon or fc3 workflow in this process, as a user runs it (imports included).
 
-    python benchmarks/phonon_workflow.py jm|up phonons|fc3 STRUCTURE MODEL N
+    python benchmarks/phonon_workflow.py jm|up phonons|workflow|fc3 STRUCTURE MODEL N
 
-jm: ``jmattersim.phonons`` (force constants from exact Hessian rows) or
-``jmattersim.fc3``; up: upstream MatterSim's ``PhononWorkflow`` (``calc_spec=False``:
-its displacements, one ASE calculation each, phonopy's force constants,
-symmetrised and saved) or its ``BTEWorkflow.compute_force_constants`` (pairs of
+phonons: force constants only. jm: ``jmattersim.phonons`` (force constants from
+exact Hessian rows); up: upstream MatterSim's ``PhononWorkflow`` with
+``calc_spec=False`` (its displacements, one ASE calculation each, phonopy's force
+constants, symmetrised and saved).
+workflow: the whole job with default arguments. jm: ``jmattersim phonons FILE
+--model M --supercell N --out DIR`` (force constants, mesh, band structure, DOS,
+a plot, phonopy's files); up: ``PhononWorkflow(...).run()`` (the same, plots at
+300 dpi).
+fc3: jm: ``jmattersim.fc3``; up: ``BTEWorkflow.compute_force_constants`` (pairs of
 displacements for phono3py). MODEL is a jmattersim model directory (jm) or a .pth
 checkpoint (up); N the supercell (N x N x N). Prints one JSON line: the seconds
 of the workflow alone and the number of displacements.
@@ -31,7 +36,14 @@ def main() -> None:
 
     atoms = read(structure)
     work = tempfile.mkdtemp(prefix=f"{side}-{kind}-")
-    if side == "jm":
+    if side == "jm" and kind == "workflow":
+        from jmattersim._src.cli import main as cli
+
+        start = time.perf_counter()
+        args = ["phonons", structure, "--model", model_path, "--supercell", n]
+        assert cli([*args, "--out", os.path.join(work, "out")]) == 0
+        count = json.load(open(os.path.join(work, "out", "summary.json")))["displacements"]
+    elif side == "jm":
         import jmattersim
 
         model = jmattersim.load_model(model_path)
@@ -51,11 +63,11 @@ def main() -> None:
         potential = Potential.from_checkpoint(model_path, device="cpu", load_training_state=False)
         atoms.calc = MatterSimCalculator(potential, device="cpu")
         start = time.perf_counter()
-        if kind == "phonons":
+        if kind in ("phonons", "workflow"):
             from mattersim.applications.phonon import PhononWorkflow
 
             workflow = PhononWorkflow(
-                atoms, work_dir=work, supercell_matrix=matrix, calc_spec=False
+                atoms, work_dir=work, supercell_matrix=matrix, calc_spec=kind == "workflow"
             )
             _, phonon = workflow.run()
             count = len(phonon.dataset["first_atoms"])
