@@ -71,9 +71,10 @@ def rattled_frames():
 
 
 def test_batched_relaxation_equals_single_ones(small_model, rattled_frames):
-    """24 different mptrj frames (4 atoms each, rattled), positions and cells relaxed
+    """12 different mptrj frames (4 atoms each, rattled), positions and cells relaxed
     together and one by one: the same status, steps and structures for each (with
     random weights some cells collapse; they fail alike, with their reason)."""
+    rattled_frames = rattled_frames[:12]  # the one-by-one runs are most of CI's longest test
     with jax.enable_x64(True):
         batched = relax(small_model, rattled_frames, fmax=0.01, smax=0.02, max_steps=400)
         single = [
@@ -97,8 +98,8 @@ def test_batched_relaxation_equals_single_ones(small_model, rattled_frames):
         f"statuses {dict((s, statuses.count(s)) for s in set(statuses))}; volumes changed by "
         f"up to {max(strain):.0%}"
     )
-    assert len(diffs) >= 12
-    assert sum(v > 0.01 for v in strain) >= 6  # the cells did relax
+    assert len(diffs) >= 6
+    assert sum(v > 0.01 for v in strain) >= 3  # the cells did relax
     assert max(diffs) < 1e-8
 
 
