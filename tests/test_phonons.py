@@ -322,3 +322,13 @@ def test_phonons_cli_writes_phonopy_files(small_model, tmp_path, capsys):
     )
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_non_periodic_input_is_refused_naming_it(small_model):
+    from ase.build import molecule
+
+    for fn, what in ((jmattersim.phonons, "phonons"), (jmattersim.fc3, "fc3")):
+        with pytest.raises(
+            ValueError, match=rf"structure \(H2O\): {what} needs? a structure periodic"
+        ):
+            fn(small_model, molecule("H2O"), 1)

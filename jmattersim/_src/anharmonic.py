@@ -39,7 +39,7 @@ from .phonons import (
     supercell_matrix_of,
 )
 from .runtime import release_memory
-from .validate import checked_graph
+from .validate import checked_graph, structure_label
 
 if TYPE_CHECKING:  # phono3py is the optional "phonons" extra
     from phono3py import Phono3py
@@ -173,7 +173,10 @@ def fc3(
     except ImportError as e:
         raise ImportError('fc3 needs phono3py: pip install "jmattersim[phonons]"') from e
     if not np.all(atoms.pbc):
-        raise ValueError("fc3 needs a structure periodic in all three directions")
+        raise ValueError(
+            f"{structure_label(None, atoms.numbers)}: fc3 needs a structure periodic in all "
+            "three directions"
+        )
     matrix = supercell_matrix_of(supercell_matrix)
     phonon_matrix = (
         matrix if phonon_supercell_matrix is None else supercell_matrix_of(phonon_supercell_matrix)

@@ -22,6 +22,7 @@ from ase import Atoms
 from .checkpoint import Model
 from .hessian import rows_and_forces
 from .minimum import warn_residual
+from .validate import structure_label
 
 if TYPE_CHECKING:  # phonopy is the optional "phonons" extra
     from phonopy import Phonopy
@@ -193,7 +194,10 @@ def phonons(
     from phonopy import Phonopy
 
     if not np.all(atoms.pbc):
-        raise ValueError("phonons need a structure periodic in all three directions")
+        raise ValueError(
+            f"{structure_label(None, atoms.numbers)}: phonons need a structure periodic in all "
+            "three directions"
+        )
     if relax:
         atoms = _relaxed(model, atoms, relax, symprec, dtype)
     matrix = supercell_matrix_of(supercell_matrix)
