@@ -24,7 +24,13 @@ from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, batch_energy_of
-from .hessian import DEFAULT_TANGENTS, MEMORY_BUDGET, REMAT, _available_memory
+from .hessian import (
+    DEFAULT_TANGENTS,
+    MEMORY_BUDGET,
+    REMAT,
+    _available_memory,
+    compiled_with_memory,
+)
 from .minimum import warn_if_not_at_minimum
 from .padding import counts_of, pad, tight_budget
 from .runtime import release_memory
@@ -156,7 +162,6 @@ def _jvps(config: M3GNetConfig, n_real: int):
     return jvps
 
 
-_COMPILED: dict = {}  # (config, shapes of the arguments) -> (executable, bytes per call)
 
 
 def _compiled(config: M3GNetConfig, args: tuple, rows: int):
@@ -169,19 +174,7 @@ def _compiled(config: M3GNetConfig, args: tuple, rows: int):
         jax.ShapeDtypeStruct((rows, *x.shape), x.dtype),
         jax.ShapeDtypeStruct((rows, 6), x.dtype),
     )
-    leaves, tree = jax.tree_util.tree_flatten(abstract)
-    key = (config, tree, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))
-    if key not in _COMPILED:
-        executable = jax.jit(_jvps(config, x.shape[0])).lower(*abstract).compile()
-        try:
-            stats = executable.memory_analysis()
-            need = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
-        except (AttributeError, NotImplementedError, TypeError):
-            need = 0
-        if len(_COMPILED) >= 16:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = (executable, need)
-    return _COMPILED[key]
+    return compiled_with_memory(config, _jvps, abstract)
 
 
 def _memory_budget() -> float:

@@ -62,17 +62,15 @@ def _columns(config: M3GNetConfig, n_real: int):
 _COMPILED: dict = {}  # (config, shapes of the arguments) -> (executable, bytes per call)
 
 
-def _compiled(config: M3GNetConfig, args: tuple, chunk: int, dtype):
-    """The compiled call for ``chunk`` atoms and the bytes it needs (XLA's memory
-    analysis; 0 where the backend has none). Compiled ahead of time, once: the
-    memory is known before anything runs."""
-    n = args[2].shape[0]
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    abstract = (*abstract, jax.ShapeDtypeStruct((3 * chunk, n, 3), dtype))
+def compiled_with_memory(config: M3GNetConfig, make, abstract: tuple):
+    """``jax.jit(make(config, n_real)).lower(*abstract).compile()`` (n_real from the third
+    argument, the positions) and the bytes one call needs (XLA's memory analysis; 0
+    where the backend has none). Compiled ahead of time, once per shapes: the memory
+    is known before anything runs."""
     leaves, tree = jax.tree_util.tree_flatten(abstract)
-    key = (config, tree, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))
+    key = (make, config, tree, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))
     if key not in _COMPILED:
-        executable = jax.jit(_columns(config, n)).lower(*abstract).compile()
+        executable = jax.jit(make(config, abstract[2].shape[0])).lower(*abstract).compile()
         try:
             stats = executable.memory_analysis()
             need = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
@@ -82,6 +80,14 @@ def _compiled(config: M3GNetConfig, args: tuple, chunk: int, dtype):
             _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[key] = (executable, need)
     return _COMPILED[key]
+
+
+def _compiled(config: M3GNetConfig, args: tuple, chunk: int, dtype):
+    """The compiled Hessian-column call for ``chunk`` atoms and the bytes it needs."""
+    n = args[2].shape[0]
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+    abstract = (*abstract, jax.ShapeDtypeStruct((3 * chunk, n, 3), dtype))
+    return compiled_with_memory(config, _columns, abstract)
 
 
 def _available_memory() -> int:
