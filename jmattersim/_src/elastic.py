@@ -162,8 +162,6 @@ def _jvps(config: M3GNetConfig, n_real: int):
     return jvps
 
 
-
-
 def _compiled(config: M3GNetConfig, args: tuple, rows: int):
     """The compiled call for ``rows`` tangents and the bytes it needs (XLA's memory
     analysis; 0 where the backend has none), compiled ahead of time, once."""
