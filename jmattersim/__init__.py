@@ -26,6 +26,7 @@ from ._src.batch import (  # noqa: E402
 )
 from ._src.calculator import MatterSimCalculator  # noqa: E402
 from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
+from ._src.committee import Committee, save_committee, stack_models  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
 from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
 from ._src.energy import (  # noqa: E402
@@ -37,7 +38,7 @@ from ._src.energy import (  # noqa: E402
 from ._src.engine import LADDER  # noqa: E402
 from ._src.evaluate import Result, evaluate  # noqa: E402
 from ._src.hessian import hessian, hessian_columns  # noqa: E402
-from ._src.io import load_model  # noqa: E402
+from ._src.io import load_committee, load_model  # noqa: E402
 from ._src.minimum import NotAtMinimumWarning  # noqa: E402
 from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
 from ._src.padding import BatchBudget  # noqa: E402
@@ -80,6 +81,7 @@ __all__ = [
     "PUBLISHED",
     "BatchBudget",
     "CapacityOverflowError",
+    "Committee",
     "ElasticTensor",
     "InvalidStructureError",
     "M3GNetConfig",
@@ -110,6 +112,7 @@ __all__ = [
     "hessian_columns",
     "init_model",
     "jax_md",
+    "load_committee",
     "load_model",
     "md",
     "neighbor_list",
@@ -119,8 +122,10 @@ __all__ = [
     "phonons",
     "predict_file",
     "relax",
+    "save_committee",
     "save_model",
     "sizes_to_batch_index",
+    "stack_models",
     "testing",
     "thermal_conductivity",
 ]

@@ -41,3 +41,18 @@ def test_forward_batch_sharded_over_4_devices_equals_one_device(converted):
     for key, err in report["max_abs"].items():
         assert report["scale"][key] > 1e-3, key  # the comparison is not of zeros
         assert err <= tol[key], (key, err)
+
+
+def test_committee_sharded_over_2_devices_equals_one_device():
+    """A committee's mean and spread split across 2 host devices (no torch needed)."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    script = Path(__file__).parent / "scripts" / "sharded_committee.py"
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK"), proc.stdout[-1000:]

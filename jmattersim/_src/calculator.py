@@ -11,8 +11,9 @@ from ase.units import GPa
 from . import engine
 from .arrays import default_float
 from .checkpoint import Model
+from .committee import Committee
 from .energy import EV_PER_A3_TO_GPA
-from .io import load_model
+from .io import load_model_or_committee
 from .published import DEFAULT
 from .validate import checked_graph, structure_label
 
@@ -25,14 +26,21 @@ class MatterSimCalculator(Calculator):
     (ASE's unit and sign), upstream's GPa value times ``stress_weight``. Forces
     and stress come from automatic differentiation.
 
+    Given a [`Committee`][jmattersim.Committee], the results are the member
+    means, plus their population standard deviations (ddof=0) ``energy_std``
+    eV, ``forces_std`` (N, 3) eV/Å and ``stress_std`` (6,) Voigt in the unit of
+    ``stress``; all members run in one compiled call.
+
     Each structure runs through the evaluation engine in the smallest budget of
     ``ladder`` that holds it: a process compiles at most one function per rung,
     whatever structures it is given. Every structure is checked first: an
     [`InvalidStructureError`][jmattersim.InvalidStructureError] names the problem.
 
     Args:
-        model: a [`Model`][jmattersim.Model], a model directory, a ``.pth``
-            checkpoint or a published name (default ``mattersim-v1.0.0-1M``).
+        model: a [`Model`][jmattersim.Model] or
+            [`Committee`][jmattersim.Committee], a model or committee directory,
+            a ``.pth`` checkpoint or a published name (default
+            ``mattersim-v1.0.0-1M``).
         compute_stress: also compute the stress.
         stress_weight: factor from GPa to the reported stress (default
             ``ase.units.GPa``: eV/Å³).
@@ -44,10 +52,11 @@ class MatterSimCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    committee_properties = ["energy_std", "forces_std", "stress_std"]
 
     def __init__(
         self,
-        model: Model | str | None = None,
+        model: Model | Committee | str | None = None,
         compute_stress: bool = True,
         stress_weight: float = GPa,
         dtype=None,
@@ -57,9 +66,11 @@ class MatterSimCalculator(Calculator):
         super().__init__(**kwargs)
         if model is None:
             model = DEFAULT
-        if not isinstance(model, Model):
-            model = load_model(model)
+        if not isinstance(model, (Model, Committee)):
+            model = load_model_or_committee(model)
         self.model = model
+        if isinstance(model, Committee):  # an instance list: the class's stays as it is
+            self.implemented_properties = [*self.implemented_properties, *self.committee_properties]
         self.dtype = np.dtype(dtype or default_float())
         self.compute_stress = compute_stress
         self.stress_weight = stress_weight
@@ -70,13 +81,14 @@ class MatterSimCalculator(Calculator):
         """A calculator of the model at ``load_path`` (as upstream's constructor).
 
         Args:
-            load_path: a model directory, a ``.pth`` checkpoint or a published name.
+            load_path: a model or committee directory, a ``.pth`` checkpoint or a
+                published name.
             **kwargs (Any): the constructor's other arguments.
 
         Returns:
             The calculator.
         """
-        return cls(load_model(load_path), **kwargs)
+        return cls(load_model_or_committee(load_path), **kwargs)
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
         """Computes every implemented property of ``atoms`` into ``self.results``
@@ -105,5 +117,15 @@ class MatterSimCalculator(Calculator):
             )
         self.results.update(energy=out.energy, free_energy=out.energy, forces=forces)
         if self.compute_stress:
-            stress_gpa = np.asarray(out.stress, dtype=float) * EV_PER_A3_TO_GPA
-            self.results["stress"] = self.stress_weight * full_3x3_to_voigt_6_stress(stress_gpa)
+            self.results["stress"] = self._voigt(out.stress)
+        if out.energy_std is not None:
+            self.results.update(
+                energy_std=out.energy_std, forces_std=np.asarray(out.forces_std, dtype=float)
+            )
+            if self.compute_stress:
+                self.results["stress_std"] = self._voigt(out.stress_std)
+
+    def _voigt(self, stress: np.ndarray) -> np.ndarray:
+        """(3, 3) eV/Å³ as (6,) Voigt in the calculator's unit (GPa × ``stress_weight``)."""
+        stress_gpa = np.asarray(stress, dtype=float) * EV_PER_A3_TO_GPA
+        return self.stress_weight * full_3x3_to_voigt_6_stress(stress_gpa)

@@ -7,12 +7,16 @@ Layout of a model directory::
 
     config.json   {"format": "jmattersim", "model_args": {...}, "source": {...}}
     params/       Orbax checkpoint of the Flax variables {"params", "constants"}
+
+A committee directory (:mod:`jmattersim._src.committee`) is the same with
+``"committee": K`` in ``config.json`` and a leading member axis K on every array.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -63,20 +67,26 @@ class Model:
         Returns:
             The cast [`Model`][jmattersim.Model].
         """
-        key = np.dtype(dtype).name
-        if key in self._cast:
-            return self._cast[key]
-        with jax.ensure_compile_time_eval():  # concrete arrays, even while jit traces
-            cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), self.params)
-        model = dataclasses.replace(self, params=cast)
-        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(cast)):
-            self._cast[key] = model  # traced parameters are never kept
-        return model
+        return cached_cast(self, dtype)
 
     @property
     def num_parameters(self) -> int:
         """The number of weights (the basis constants not counted)."""
         return sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(self.params["params"]))
+
+
+def cached_cast(holder: Any, dtype) -> Any:
+    """``holder`` (a frozen dataclass with ``params`` and a ``_cast`` dict) with
+    every array a JAX array of ``dtype``, cached by dtype unless traced."""
+    key = np.dtype(dtype).name
+    if key in holder._cast:
+        return holder._cast[key]
+    with jax.ensure_compile_time_eval():  # concrete arrays, even while jit traces
+        cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), holder.params)
+    out = dataclasses.replace(holder, params=cast)
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(cast)):
+        holder._cast[key] = out  # traced parameters are never kept
+    return out
 
 
 def init_model(config: M3GNetConfig, seed: int = 0) -> Model:
@@ -137,23 +147,42 @@ def save_model(model: Model, out: str | os.PathLike, overwrite: bool = False) ->
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
     """
+    meta = {"format": FORMAT, "model_args": model.config.to_dict(), "source": model.source}
+    return write_directory(model.params, meta, out, overwrite)
+
+
+def write_directory(params: Any, meta: dict, out: str | os.PathLike, overwrite: bool) -> Path:
+    """Writes ``params`` (an Orbax checkpoint, ``params/``) and ``meta``
+    (``config.json``) to the directory ``out``, atomically."""
     import orbax.checkpoint as ocp
 
     with atomic_directory(out, overwrite) as tmp:
-        params = jax.tree_util.tree_map(np.asarray, model.params)
+        params = jax.tree_util.tree_map(np.asarray, params)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
             ckptr.wait_until_finished()
-        meta = {"format": FORMAT, "model_args": model.config.to_dict(), "source": model.source}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     return Path(out)
 
 
 def read_model(path: str | os.PathLike) -> Model:
     """Reads a model directory written by :func:`save_model` (``jmattersim-convert``)."""
-    import orbax.checkpoint as ocp
-
     path = Path(path).expanduser()
+    meta, config = read_meta(path)
+    if "committee" in meta:
+        raise ValueError(
+            f"{path} is a committee of {meta['committee']} members, not a single model: "
+            "load it with jmattersim.load_committee (or pass it to MatterSimCalculator, "
+            "evaluate or `jmattersim predict`, which accept committees)"
+        )
+    params = restore_params(path)
+    check_params(params, config, str(path))
+    return Model(config, params, meta.get("source", {}))
+
+
+def read_meta(path: Path) -> tuple[dict, M3GNetConfig]:
+    """The checked ``config.json`` of the model (or committee) directory ``path``
+    and its config."""
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     meta_file = path / "config.json"
@@ -176,6 +205,13 @@ def read_model(path: str | os.PathLike) -> Model:
         raise ValueError(f"{meta_file} has invalid model_args: {e}") from e
     if not (path / "params").is_dir():
         raise ValueError(f"{path} is incomplete: no params/ checkpoint beside config.json")
+    return meta, config
+
+
+def restore_params(path: Path) -> Any:
+    """The parameters in ``path/params`` as numpy arrays (not yet checked)."""
+    import orbax.checkpoint as ocp
+
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(path.absolute() / "params")
@@ -184,18 +220,22 @@ def read_model(path: str | os.PathLike) -> Model:
             f"cannot restore the parameters in {path / 'params'} (corrupt or "
             f"partial checkpoint): {type(e).__name__}: {e}"
         ) from e
-    params = jax.tree_util.tree_map(np.asarray, params)
-    check_params(params, config, str(path))
-    return Model(config, params, meta.get("source", {}))
+    return jax.tree_util.tree_map(np.asarray, params)
+
+
+@functools.lru_cache(maxsize=8)
+def expected_shapes(config: M3GNetConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every variable ``config`` needs, by its path (traced once per config)."""
+    want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    return {
+        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(want)[0]
+    }
 
 
 def check_params(params: Any, config: M3GNetConfig, where: str = "model") -> None:
     """Raises ValueError unless ``params`` has exactly the variables, shapes and
     finite values that ``config`` needs: a damaged model never gives a number."""
-    want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    flat_want = {
-        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(want)[0]
-    }
+    flat_want = expected_shapes(config)
     try:
         flat_got = {
             jax.tree_util.keystr(k): np.asarray(v)

@@ -12,14 +12,14 @@ from .published import DEFAULT as DEFAULT_MODEL
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from .io import load_model
+    from .io import load_model_or_committee
     from .sharding import graph_mesh
     from .stream import CHUNK, predict_file, resume_point
     from .validate import InvalidStructureError
 
     chunk = CHUNK if args.chunk is None else args.chunk
     try:
-        model = load_model(args.model)
+        model = load_model_or_committee(args.model)
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         print(f"jmattersim predict: cannot load model '{args.model}': {e}", file=sys.stderr)
         return 1
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="converted model directory, a .pth checkpoint, or a published name "
+        help="converted model directory, a committee directory (adds energy_std, "
+        "forces_std and stress_std), a .pth checkpoint, or a published name "
         f"(default {DEFAULT_MODEL})",
     )
     p.add_argument("--out", help="output extxyz (default FILE.jmattersim.extxyz)")

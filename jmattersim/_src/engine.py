@@ -16,6 +16,11 @@ compiled functions: a process compiles at most one function per rung of
   rung that holds it.
 - A structure larger than a rung runs in the next; beyond the top rung it gets
   its own budget, each count rounded up to :func:`~jmattersim._src.padding.bucket`.
+
+A :class:`~jmattersim.Committee` of K models runs the same plan through
+:func:`predict_committee`: the model vmapped over the members' stacked variables,
+one compiled function per budget whatever K is (its working memory K times a
+model's), returning the member mean and population standard deviation.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 from . import sharding
 from .arrays import default_float
 from .checkpoint import Model
+from .committee import Committee
 from .config import M3GNetConfig
 from .energy import Predictions, predict
 from .graph import StructureGraph
@@ -56,11 +62,18 @@ SHORT_RUN = 4  # groups: up to this many run in the smallest rungs that hold the
 
 class Evaluation(NamedTuple):
     """One structure's energy (eV), forces (N, 3) eV/Å and stress (3, 3) eV/Å^3
-    (ASE's sign); forces and stress are None without derivatives."""
+    (ASE's sign); forces and stress are None without derivatives.
+
+    Of a committee: the member means, and in the ``_std`` fields the population
+    standard deviation across members (ddof=0; zero for one member), in the same
+    units and shapes. None for a single model."""
 
     energy: float
     forces: np.ndarray | None
     stress: np.ndarray | None
+    energy_std: float | None = None
+    forces_std: np.ndarray | None = None
+    stress_std: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------ budgets
@@ -150,12 +163,17 @@ def _cost(
 
 
 _TRACES: list[tuple] = []
+_COMMITTEE_TRACES: list[tuple] = []
 _RECORDERS: list[set] = []
+_STATIC = ("config", "derivatives", "within_cutoffs", "soft_normalize")
 
 
-@functools.partial(
-    jax.jit, static_argnames=("config", "derivatives", "within_cutoffs", "soft_normalize")
-)
+def _trace_key(config: M3GNetConfig, batch, derivatives: bool) -> tuple:
+    g = batch.graph
+    return (config, tuple(g.n_node.shape), g.senders.shape, batch.triplets.shape, derivatives)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def predict_batch(
     config: M3GNetConfig,
     params,
@@ -166,15 +184,36 @@ def predict_batch(
 ) -> Predictions:
     """:func:`jmattersim._src.energy.predict` (or energies only, without ``derivatives``),
     compiled once per config, budget and dtype."""
-    _TRACES.append(
-        (
-            config,
-            tuple(batch.graph.n_node.shape),
-            batch.graph.senders.shape,
-            batch.triplets.shape,
-            derivatives,
-        )
-    )
+    _TRACES.append(_trace_key(config, batch, derivatives))
+    return _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def predict_committee(
+    config: M3GNetConfig,
+    params,
+    batch,
+    derivatives: bool = True,
+    within_cutoffs: bool = False,
+    soft_normalize: bool = True,
+) -> tuple[Predictions, Predictions]:
+    """:func:`predict_batch` of every member (``params`` stacked along a leading
+    member axis), vmapped: (member mean, population standard deviation), compiled
+    once per config, budget, dtype and committee size."""
+    _COMMITTEE_TRACES.append(_trace_key(config, batch, derivatives))
+    return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
+
+
+def _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize):
+    def one(member_params):
+        return _predict(config, member_params, batch, derivatives, within_cutoffs, soft_normalize)
+
+    members = jax.vmap(one)(params)
+    mean = jax.tree_util.tree_map(lambda x: x.mean(axis=0), members)
+    return mean, jax.tree_util.tree_map(lambda x: x.std(axis=0), members)  # ddof=0
+
+
+def _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize) -> Predictions:
     if derivatives:
         return predict(config, params, batch, soft_normalize, within_cutoffs)
     from .energy import batch_topology, energies
@@ -206,17 +245,25 @@ def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], BatchBudg
     ]
 
 
-def _collect(step, result, graphs, out, stacked: bool) -> None:
-    """Copies one call's per-structure results into ``out``."""
+def _collect(step, result, graphs, out, stacked: bool, committee: bool = False) -> None:
+    """Copies one call's per-structure results into ``out`` (of a committee: a
+    (mean, std) pair of predictions)."""
     parts = sharding.unstack(result, len(step)) if stacked else [jax.device_get(result)]
     for group, part in zip(step, parts, strict=True):
+        mean, std = part if committee else (part, None)
         start = 0
         for i, k in enumerate(group):
             n = graphs[k].n_node
-            forces = None if part.forces is None else np.asarray(part.forces[start : start + n])
-            stress = None if part.stress is None else np.asarray(part.stress[i])
-            out[k] = Evaluation(float(part.energy[i]), forces, stress)
+            value = _structure(mean, i, start, n)
+            out[k] = Evaluation(*value, *(_structure(std, i, start, n) if committee else ()))
             start += n
+
+
+def _structure(part: Predictions, i: int, start: int, n: int) -> tuple:
+    """(energy, forces, stress) of graph ``i`` (nodes ``start:start + n``) of ``part``."""
+    forces = None if part.forces is None else np.asarray(part.forces[start : start + n])
+    stress = None if part.stress is None else np.asarray(part.stress[i])
+    return float(part.energy[i]), forces, stress
 
 
 def trace_count() -> int:
@@ -225,10 +272,16 @@ def trace_count() -> int:
     return len(_TRACES)
 
 
+def committee_trace_count() -> int:
+    """How many times :func:`predict_committee` was traced in this process."""
+    return len(_COMMITTEE_TRACES)
+
+
 @contextlib.contextmanager
 def recording() -> Iterator[set]:
-    """Collects the (config, budget, dtype, derivatives) keys that :func:`run` uses
-    inside the block: the distinct shapes a workload needs compiled."""
+    """Collects the (config, budget, dtype, derivatives, soft_normalize) keys that
+    :func:`run` uses inside the block (a committee's with its size K appended):
+    the distinct shapes a workload needs compiled."""
     used: set = set()
     _RECORDERS.append(used)
     try:
@@ -244,8 +297,12 @@ def _sharded_predict(
     within_cutoffs: bool,
     soft_normalize: bool,
     mesh: jax.sharding.Mesh,
+    committee: bool = False,
 ):
     def fn(params, batch):
+        if committee:
+            _COMMITTEE_TRACES.append(_trace_key(config, batch, derivatives))
+            return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
         return predict_batch(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 
     return sharding.over_devices(fn, mesh)
@@ -255,7 +312,7 @@ def _sharded_predict(
 
 
 def run(
-    model: Model,
+    model: Model | Committee,
     graphs: Sequence[StructureGraph],
     *,
     derivatives: bool = True,
@@ -264,7 +321,8 @@ def run(
     mesh: jax.sharding.Mesh | None = None,
     soft_normalize: bool = True,
 ) -> list[Evaluation]:
-    """Energies (and forces, stresses) of ``graphs``, in their order.
+    """Energies (and forces, stresses) of ``graphs``, in their order; of a
+    committee, the member means with their standard deviations.
 
     Calls run one at a time (on a CPU, overlapping calls slow each other down and
     each holds its own working memory). With ``mesh`` (several devices), groups of
@@ -273,17 +331,20 @@ def run(
     ladder = LADDER if ladder is None else tuple(ladder)
     config = model.config
     params = model.astype(dtype).params
+    committee = isinstance(model, Committee)
     within = any(g.skin > 0 for g in graphs)
     groups = plan([counts_of(g) for g in graphs], ladder)
     for _, budget in groups:
         for used in _RECORDERS:
-            used.add((config, budget, dtype.name, derivatives, soft_normalize))
+            key = (config, budget, dtype.name, derivatives, soft_normalize)
+            used.add(key + (model.size,) if committee else key)
     stacked_runs = mesh is not None and mesh.size > 1
     if stacked_runs:
         steps = _device_steps(groups, mesh.size)
-        run_step = _sharded_predict(config, derivatives, within, soft_normalize, mesh)
+        run_step = _sharded_predict(config, derivatives, within, soft_normalize, mesh, committee)
     else:
         steps = [([group], budget) for group, budget in groups]
+    single = predict_committee if committee else predict_batch
     out: list[Evaluation | None] = [None] * len(graphs)
     for step, budget in steps:  # one call at a time: concurrent calls slow each other down
         batches = [pad([graphs[k] for k in g], budget, config, dtype) for g in step]
@@ -291,6 +352,6 @@ def run(
             batches += [pad([], budget, config, dtype)] * (mesh.size - len(step))
             result = run_step(params, sharding.place(sharding.stack(batches), mesh))
         else:
-            result = predict_batch(config, params, batches[0], derivatives, within, soft_normalize)
-        _collect(step, result, graphs, out, stacked_runs)
+            result = single(config, params, batches[0], derivatives, within, soft_normalize)
+        _collect(step, result, graphs, out, stacked_runs, committee)
     return out  # type: ignore[return-value]

@@ -11,6 +11,7 @@ from ase import Atoms
 
 from . import engine
 from .checkpoint import Model
+from .committee import Committee
 from .energy import EV_PER_A3_TO_GPA
 from .padding import BatchBudget
 from .validate import checked_graphs
@@ -26,15 +27,23 @@ class Result:
         stress_gpa: (3, 3) **GPa** (the unit of upstream's batch API; ASE's
             sign, positive under tension). Multiply by ``ase.units.GPa`` for
             ASE's eV/Å³.
+        energy_std: of a [`Committee`][jmattersim.Committee] (whose member means
+            the fields above hold), the population standard deviation (ddof=0)
+            of the members' energies, eV; None for a single model.
+        forces_std: likewise, (N, 3) eV/Å, per component; None for a single model.
+        stress_std_gpa: likewise, (3, 3) GPa; None for a single model.
     """
 
     energy: float
     forces: np.ndarray
     stress_gpa: np.ndarray
+    energy_std: float | None = None
+    forces_std: np.ndarray | None = None
+    stress_std_gpa: np.ndarray | None = None
 
 
 def evaluate(
-    model: Model,
+    model: Model | Committee,
     structures: Iterable[Atoms],
     dtype=None,
     mesh: jax.sharding.Mesh | None = None,
@@ -49,7 +58,9 @@ def evaluate(
     per budget.
 
     Args:
-        model: the [`Model`][jmattersim.Model].
+        model: the [`Model`][jmattersim.Model], or a
+            [`Committee`][jmattersim.Committee] (all members in one compiled
+            call per budget: member means and standard deviations).
         structures: ASE structures (any iterable; read once).
         dtype (numpy dtype or None): float32 or float64 (default: float64 when
             ``jax_enable_x64`` is on, float32 otherwise).
@@ -59,13 +70,25 @@ def evaluate(
 
     Returns:
         One [`Result`][jmattersim.Result] per structure, in order: energy eV,
-        forces (N, 3) eV/Å, stress_gpa (3, 3) GPa.
+        forces (N, 3) eV/Å, stress_gpa (3, 3) GPa (and of a committee their
+        standard deviations across members).
 
     Raises:
         InvalidStructureError: a structure is unfit for the model.
     """
     graphs = checked_graphs(list(structures), model.config)
     return [
-        Result(out.energy, out.forces, out.stress * EV_PER_A3_TO_GPA)
-        for out in engine.run(model, graphs, dtype=dtype, mesh=mesh, ladder=ladder)
+        _result(out) for out in engine.run(model, graphs, dtype=dtype, mesh=mesh, ladder=ladder)
     ]
+
+
+def _result(out: engine.Evaluation) -> Result:
+    spread = out.energy_std is not None
+    return Result(
+        out.energy,
+        out.forces,
+        out.stress * EV_PER_A3_TO_GPA,
+        out.energy_std,
+        out.forces_std,
+        out.stress_std * EV_PER_A3_TO_GPA if spread else None,
+    )

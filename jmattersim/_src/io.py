@@ -1,4 +1,5 @@
-"""``load_model``: a model directory, a MatterSim ``.pth`` checkpoint, or a published name.
+"""``load_model``: a model directory, a MatterSim ``.pth`` checkpoint, or a published name;
+``load_committee``: a committee directory, or several models stacked.
 
 Above both the on-disk format (:mod:`jmattersim._src.checkpoint`) and the conversion
 (``convert_weights``, which needs torch only for ``.pth`` files).
@@ -7,9 +8,11 @@ Above both the on-disk format (:mod:`jmattersim._src.checkpoint`) and the conver
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoint import Model, read_model
+from .committee import Committee, committee_size, read_committee, stack_models
 from .published import PUBLISHED, canonical_name
 from .runtime import cache_dir
 
@@ -33,7 +36,8 @@ def load_model(path: str | os.PathLike) -> Model:
         FileNotFoundError: ``path`` does not exist.
         ConnectionError: a published checkpoint is neither cached nor downloadable
             (pass a local ``.pth`` instead).
-        ValueError: the directory or checkpoint is corrupt or incomplete.
+        ValueError: the directory or checkpoint is corrupt or incomplete, or is a
+            committee (load it with [`load_committee`][jmattersim.load_committee]).
     """
     if canonical_name(str(path)):
         path = pretrained(str(path))
@@ -49,6 +53,36 @@ def load_model(path: str | os.PathLike) -> Model:
             "with `jmattersim-convert SRC OUT` first"
         )
     return read_model(path)
+
+
+def load_committee(path: str | os.PathLike | Sequence[str | os.PathLike | Model]) -> Committee:
+    """Loads a committee: a directory written by
+    [`save_committee`][jmattersim.save_committee], or several models stacked.
+
+    Args:
+        path: a committee directory; or a list of models (each anything
+            [`load_model`][jmattersim.load_model] takes, or a
+            [`Model`][jmattersim.Model]) of one architecture, stacked in order.
+
+    Returns:
+        The [`Committee`][jmattersim.Committee].
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: the directory is corrupt, incomplete or a single model, or
+            the models' architectures differ.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        return read_committee(path)
+    return stack_models([m if isinstance(m, Model) else load_model(m) for m in path])
+
+
+def load_model_or_committee(path: str | os.PathLike) -> Model | Committee:
+    """A committee if ``path`` is a committee directory, else
+    [`load_model`][jmattersim.load_model]``(path)`` (for the entry points)."""
+    if not canonical_name(str(path)) and committee_size(path) is not None:
+        return read_committee(path)
+    return load_model(path)
 
 
 def pretrained(name: str) -> Path:

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import ase.io
 import jax
+import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import engine
 from .checkpoint import Model
+from .committee import Committee, params_digest
 from .validate import checked_graph, structure_label
 
 CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top budget
@@ -39,18 +41,29 @@ def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
         forces=res.forces,
         stress=full_3x3_to_voigt_6_stress(res.stress),  # eV/A^3, as ASE
     )
+    if res.energy_std is not None:  # a committee's spread across members
+        atoms.info["energy_std"] = float(res.energy_std)
+        atoms.info["stress_std"] = full_3x3_to_voigt_6_stress(np.asarray(res.stress_std, float))
+        atoms.arrays["forces_std"] = np.asarray(res.forces_std, dtype=float)
     return atoms
 
 
-def _source_id(src: Path, chunk: int, model: Model) -> dict:
+def _source_id(src: Path, chunk: int, model: Model | Committee) -> dict:
     stat = src.stat()
     return {
         "source": str(src.absolute()),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "chunk": chunk,
-        "model": model.source.get("sha256") or model.config.to_dict(),
+        "model": _model_id(model),
     }
+
+
+def _model_id(model: Model | Committee) -> str | dict:
+    if isinstance(model, Committee):
+        digest = model.source.get("params_sha256") or params_digest(model.params)
+        return {"committee": model.size, "params_sha256": digest}
+    return model.source.get("sha256") or model.config.to_dict()
 
 
 def progress_file(out: str | os.PathLike) -> Path:
@@ -60,7 +73,7 @@ def progress_file(out: str | os.PathLike) -> Path:
 
 
 def resume_point(
-    model: Model, src: str | os.PathLike, out: str | os.PathLike, chunk: int
+    model: Model | Committee, src: str | os.PathLike, out: str | os.PathLike, chunk: int
 ) -> tuple[int, int]:
     """(frames done, bytes of ``out`` that hold them) of an interrupted run of
     the same source, chunk size and model; (0, 0) if there is none."""
@@ -75,7 +88,7 @@ def resume_point(
 
 
 def predict_file(
-    model: Model,
+    model: Model | Committee,
     src: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -94,10 +107,14 @@ def predict_file(
     stops the run with an error naming it, the chunks before it kept.
 
     Args:
-        model: the [`Model`][jmattersim.Model].
+        model: the [`Model`][jmattersim.Model] or
+            [`Committee`][jmattersim.Committee].
         src: any structure file ASE reads (extxyz, cif, POSCAR, traj...).
         out: the extxyz file to write: per frame ``energy`` and ``free_energy``
-            eV, ``forces`` (N, 3) eV/Å, ``stress`` eV/Å³ (ASE's unit and sign).
+            eV, ``forces`` (N, 3) eV/Å, ``stress`` eV/Å³ (ASE's unit and sign);
+            of a committee, the member means, and their population standard
+            deviations ``energy_std`` eV and ``stress_std`` (6,) Voigt eV/Å³ in
+            the frame's info, ``forces_std`` (N, 3) eV/Å per atom.
         chunk: frames evaluated and written at a time.
         mesh: spread the batches over the devices of this mesh
             ([`graph_mesh`][jmattersim.graph_mesh]).
