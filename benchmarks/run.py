@@ -464,6 +464,89 @@ def first_pass_rows(name: str, n: int, seed: int, add) -> None:
         )
 
 
+def train_rows(name: str, n: int, seed: int, add) -> None:
+    """One fine-tuning epoch (energy, forces, stresses; batches of 16) over ``n``
+    labelled MPtrj frames drawn at random, as whole processes
+    (``benchmarks/train_epoch.py``): jmattersim.train with the compile cache cold
+    and warm against upstream's train_model; steady state: the second epoch of a
+    two-epoch jmattersim run against upstream's epoch (torch compiles nothing: its
+    first epoch is its steady state); peak memory with remat off and on."""
+    import ase.io
+
+    pool = ase.io.read(SHARED / "data" / "mptrj-random-1k.xyz", index=":")
+    rng = np.random.default_rng(seed + 5)
+    frames = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+    src = write_frames(frames, f"train-{n}-{seed}.extxyz")
+    script = str(HERE / "train_epoch.py")
+    jm_cmd = [sys.executable, script, "jm", str(src), str(model_dir(name))]
+    up_cmd = [sys.executable, script, "up", str(src), str(checkpoint(name))]
+    env = {"JMATTERSIM_COMPILE_CACHE": str(Path(tempfile.mkdtemp(prefix="xla-", dir=WORK)))}
+    what = f"{n} MPtrj frames, E+F+S, batches of {BATCH}, Huber 0.01"
+    up = measured(up_cmd)
+    cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
+    for label, jm in (("cold", cold), ("warm", warm)):
+        add(
+            "fine-tune 1 epoch, whole process",
+            name,
+            "s",
+            jm["child_wall"],
+            up["child_wall"],
+            f"{what}; jmattersim.train vs upstream's train_model; compile cache {label}; "
+            f"epoch alone {jm['epochs'][0]:.1f} s vs {up['epochs'][0]:.1f} s",
+            lower_is_better=True,
+            jm_impl=label,
+        )
+    # epochs=2 plans the same padding budget as epochs=1: the warm cache serves it
+    jm2 = measured([*jm_cmd, "--epochs", "2"], env)
+    add(
+        "fine-tune epoch, steady state",
+        name,
+        "s",
+        jm2["epochs"][1],
+        up["epochs"][0],
+        f"{what}; jmattersim: second epoch of epochs=2; upstream: its epoch "
+        f"(train_one_epoch); {train_padding(name, src, 2)}",
+        lower_is_better=True,
+    )
+    remat_env = {"JMATTERSIM_COMPILE_CACHE": str(Path(tempfile.mkdtemp(prefix="xla-", dir=WORK)))}
+    remat = measured([*jm_cmd, "--remat"], remat_env)
+    for label, jm in (("remat=False", cold), ("remat=True", remat)):
+        add(
+            "fine-tune 1 epoch, peak memory",
+            name,
+            "MiB",
+            jm["peak_mib"],
+            up["peak_mib"],
+            f"{what}; resident high-water mark of the whole process, compile cache cold "
+            f"(compilation included); remat=False warm cache {warm['peak_mib']:.0f} MiB; "
+            f"remat=True: {jm['child_wall']:.0f} s, epoch alone {jm['epochs'][0]:.1f} s",
+            lower_is_better=True,
+            jm_impl=label,
+        )
+
+
+def train_padding(name: str, src: Path, epochs: int) -> str:
+    """How full jmattersim's padded training batches are in a run of ``epochs``:
+    the mean real counts of the first epoch's batches over the budget every batch
+    is padded to (fitted to the largest batch of the planned epochs)."""
+    from jmattersim._src import train as tr
+    from jmattersim._src.padding import counts_of
+
+    frames = tr.read_frames(src, jm_model(name).config, True, True)
+    budget = tr.training_budget(frames, [], BATCH, [42], min(epochs, tr.PLANNED_EPOCHS))
+    counts = np.array([counts_of(f.graph) for f in frames], float)
+    mean = np.mean(
+        [counts[i].sum(axis=0) for i in tr.batches_of(tr.epoch_order(len(frames), 42, 0), BATCH)],
+        axis=0,
+    )
+    return (
+        f"padded budget {budget.nodes} nodes / {budget.edges} edges / {budget.triplets} "
+        f"triplets, a batch's mean {mean[0]:.0f} / {mean[1]:.0f} / {mean[2]:.0f} "
+        f"({mean[1] / budget.edges:.0%} of edge slots, {mean[2] / budget.triplets:.0%} of "
+        "triplet slots real)"
+    )
+
+
 def phonon_structures() -> dict[str, tuple]:
     """name -> (ASE structure, supercell N, workflow): diamond Si (phonopy needs one
     displacement), a low-symmetry MPtrj frame with 6 symmetry-irreducible atoms (one
@@ -665,6 +748,7 @@ def plan(quick: bool) -> dict:
         "md_sizes": [216] if quick else [216, 1000],
         "md_steps": 3 if quick else 5,
         "reps": 1 if quick else 2,
+        "train_frames": 256,
     }
 
 
@@ -703,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        help="workloads: predict steady inverse_design first_pass relax md phonons",
+        help="workloads: predict steady inverse_design first_pass relax md phonons train",
     )
     parser.add_argument(
         "--configs",
@@ -723,7 +807,16 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.quick)
     if args.configs:
         p["configs"] = args.configs
-    workloads = ["predict", "steady", "inverse_design", "first_pass", "relax", "md", "phonons"]
+    workloads = [
+        "predict",
+        "steady",
+        "inverse_design",
+        "first_pass",
+        "relax",
+        "md",
+        "phonons",
+        "train",
+    ]
     only = set(args.only or workloads)
     rows: list[dict] = []
     runs: list[dict] = []
@@ -791,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         md_rows("1M", p["md_sizes"], p["md_steps"], add)
     if "phonons" in only:
         phonon_rows("1M", add)
+    if "train" in only:
+        train_rows("1M", p["train_frames"], args.seed, add)
     write(rows, info)
     return 0
 

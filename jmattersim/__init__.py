@@ -28,6 +28,7 @@ from ._src.calculator import MatterSimCalculator  # noqa: E402
 from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
 from ._src.committee import Committee, save_committee, stack_models  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
+from ._src.dataset import InvalidLabelError  # noqa: E402
 from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
 from ._src.energy import (  # noqa: E402
     Predictions,
@@ -47,6 +48,13 @@ from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
 from ._src.sharding import graph_mesh  # noqa: E402
 from ._src.stream import predict_file  # noqa: E402
+from ._src.train import (  # noqa: E402
+    TrainResult,
+    TrainSettings,
+    plot_metrics,
+    read_metrics,
+    train,
+)
 from ._src.validate import (  # noqa: E402
     CapacityOverflowError,
     InvalidStructureError,
@@ -77,22 +85,25 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "LADDER",
-    "PUBLISHED",
     "BatchBudget",
     "CapacityOverflowError",
     "Committee",
     "ElasticTensor",
+    "InvalidLabelError",
     "InvalidStructureError",
+    "LADDER",
     "M3GNetConfig",
     "MatterSimCalculator",
     "Model",
     "NeighborList",
     "NotAtMinimumWarning",
+    "PUBLISHED",
     "PhononSpectrum",
     "Predictions",
     "Result",
     "TopologyCapacity",
+    "TrainResult",
+    "TrainSettings",
     "batch_energy_fn",
     "batch_index_to_sizes",
     "batch_properties_fn",
@@ -120,7 +131,9 @@ __all__ = [
     "pad_graph",
     "phonon_spectrum",
     "phonons",
+    "plot_metrics",
     "predict_file",
+    "read_metrics",
     "relax",
     "save_committee",
     "save_model",
@@ -128,4 +141,5 @@ __all__ = [
     "stack_models",
     "testing",
     "thermal_conductivity",
+    "train",
 ]

@@ -68,6 +68,7 @@ def test_notebooks_found():
         "02_inverse_design.ipynb",
         "03_molecular_dynamics.ipynb",
         "04_phonons_and_elastic.ipynb",
+        "05_finetune.ipynb",
     ]
 
 

@@ -1,5 +1,6 @@
 """``jmattersim predict FILE``: energy, forces and stress of every frame;
-``jmattersim phonons FILE``: phonons from exact force constants."""
+``jmattersim phonons FILE``: phonons from exact force constants;
+``jmattersim finetune TRAIN --out DIR``: fine-tuning (:mod:`jmattersim._src.cli_finetune`)."""
 
 from __future__ import annotations
 
@@ -191,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _phonons_parser(sub)
+    from . import cli_finetune
+
+    cli_finetune.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "finetune":
+        return cli_finetune.finetune_command(args)
     return phonons_command(args) if args.command == "phonons" else predict_command(args)
 
 

@@ -69,8 +69,9 @@ def _check_units(atoms: Atoms, label: str, needed: Sequence[str]) -> None:
         if unit is not None and str(unit).strip().lower() not in UNITS[name]:
             want = {"energy": "eV", "forces": "eV/A", "stress": "eV/A^3"}[name]
             raise InvalidLabelError(
-                f"{label}: {name} is in '{unit}', expected {want} (ASE's units); convert "
-                "the labels before training (mixed units are never guessed)"
+                label,
+                f"{name} is in '{unit}', expected {want} (ASE's units); convert "
+                "the labels before training (mixed units are never guessed)",
             )
 
 
@@ -101,19 +102,19 @@ def labelled_frame(
     for name in needed:
         if name not in results:
             hint = f" ({name} is in the frame's info, not read as a label)" * (name in atoms.info)
-            raise InvalidLabelError(f"{label}: no {name} label{hint}")
+            raise InvalidLabelError(label, f"no {name} label{hint}")
     energy = np.asarray(results["energy"], dtype=float)
     if energy.size != 1 or not np.isfinite(energy).all():
-        raise InvalidLabelError(f"{label}: energy must be one finite number, got {energy!r}")
+        raise InvalidLabelError(label, f"energy must be one finite number, got {energy!r}")
     f = None
     if forces:
         f = np.asarray(results["forces"], dtype=float)
         if f.shape != (len(atoms), 3):
             raise InvalidLabelError(
-                f"{label}: forces have shape {f.shape}, expected ({len(atoms)}, 3)"
+                label, f"forces have shape {f.shape}, expected ({len(atoms)}, 3)"
             )
         if not np.isfinite(f).all():
-            raise InvalidLabelError(f"{label}: forces hold NaN or infinite values")
+            raise InvalidLabelError(label, "forces hold NaN or infinite values")
     s = None
     if stress:
         s = np.asarray(results["stress"], dtype=float)
@@ -123,10 +124,10 @@ def labelled_frame(
             s = voigt_6_to_full_3x3_stress(s)
         if s.shape != (3, 3):
             raise InvalidLabelError(
-                f"{label}: stress has shape {s.shape}, expected (3, 3) or Voigt (6,), eV/A^3"
+                label, f"stress has shape {s.shape}, expected (3, 3) or Voigt (6,), eV/A^3"
             )
         if not np.isfinite(s).all():
-            raise InvalidLabelError(f"{label}: stress holds NaN or infinite values")
+            raise InvalidLabelError(label, "stress holds NaN or infinite values")
         s = s / GPa
     graph = checked_graph(atoms, config, label)
     return LabelledFrame(graph, float(energy.reshape(())), f, s, label)

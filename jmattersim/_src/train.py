@@ -10,8 +10,8 @@ restarts from its last complete epoch with the same call: data orders are a
 function of (seed, member, epoch), and the optimiser, EMA and best-model state
 are in the checkpoint, so it ends with the parameters of an uninterrupted run.
 
-Every batch is padded to one budget, fitted to the largest batch of the planned
-epochs (:func:`training_budget`): one compilation for the run.
+Every batch is padded to one of a few budgets fitted to the batches of the planned
+epochs (:func:`training_budgets`): a run compiles its step once per budget.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .checkpoint import Model, save_model
 from .dataset import LabelledFrame, read_frames
 from .loss import LossSettings, Metrics, pad_labels
 from .normalize import refit_normalizer
-from .padding import BatchBudget, Counts, counts_of, pad, tight_budget
+from .padding import BatchBudget, Counts, counts_of, pad
 from .train_step import (
     OptimSettings,
     compiled_eval,
@@ -49,7 +49,8 @@ from .train_step import (
 )
 
 METRICS = ("loss", "mae_energy", "mae_forces", "mae_stress")
-PLANNED_EPOCHS = 64  # epochs whose batches size the budget (later ones grow it if need be)
+PLANNED_EPOCHS = 64  # epochs whose batches size the budgets (later ones grow them if need be)
+SHORT_RUN_STEPS = 32  # a run planning fewer steps pads every batch to one budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,8 @@ class TrainSettings:
         clip_norm: the global gradient norm is clipped to this (None: off).
         remat: recompute each interaction block in the backward pass
             (``jax.checkpoint``): less memory, the same numbers.
+        budget_levels: padded batch sizes (1 to 3) the run compiles its step for:
+            more compilations, less padding (a run of fewer than 32 steps uses one).
     """
 
     epochs: int = 1000
@@ -108,6 +111,7 @@ class TrainSettings:
     committee: int = 1
     clip_norm: float | None = 1.0
     remat: bool = False
+    budget_levels: int = 3
 
     def __post_init__(self) -> None:
         if self.loss not in ("huber", "mse"):
@@ -168,30 +172,51 @@ def batches_of(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def training_budget(
+def snug_budget(counts: Sequence[int]) -> BatchBudget:
+    """The budget just above ``counts`` (nodes, edges, triplets, graphs), each
+    rounded up to a 32nd of its power of two: a run has only a few budgets, so
+    they can be snugger than the engine's ``bucket`` ladder."""
+
+    def up(n: int) -> int:
+        step = max(8, 2 ** max(0, int(n).bit_length() - 5))
+        return (int(n) // step + 1) * step
+
+    return BatchBudget(*(up(c) for c in counts))
+
+
+def training_budgets(
     frames: Sequence[LabelledFrame],
     valid: Sequence[LabelledFrame],
     batch_size: int,
     seeds: Sequence[int],
     epochs: int,
-) -> BatchBudget:
-    """The smallest budget (:func:`~jmattersim._src.padding.bucket` sizes) that
-    holds every training batch of the first ``epochs`` epochs of every member, and
-    every validation batch."""
+    levels: int = 3,
+) -> tuple[BatchBudget, ...]:
+    """A few budgets (:func:`snug_budget`), smallest first, that hold every
+    training batch of the first ``epochs`` epochs of every member and every
+    validation batch: the largest holds them all, the smaller
+    ones the batches up to the median and the 85th percentile of edges. Each batch
+    runs in the smallest that holds it: ``levels`` compilations buy less padding
+    (a batch of 16 MPtrj frames averages 0.4 of the largest's edges)."""
 
     def counts(fs):
         return np.array([counts_of(f.graph) for f in fs], np.int64).reshape(-1, 4)
 
     train_counts, valid_counts = counts(frames), counts(valid)
-    largest = np.zeros(4, np.int64)
-    for index in batches_of(np.arange(len(valid)), batch_size):
-        largest = np.maximum(largest, valid_counts[index].sum(axis=0))
+    rows = [valid_counts[i].sum(axis=0) for i in batches_of(np.arange(len(valid)), batch_size)]
     for seed in seeds:
         for epoch in range(epochs):
-            order = epoch_order(len(frames), seed, epoch)
-            for index in batches_of(order, batch_size):
-                largest = np.maximum(largest, train_counts[index].sum(axis=0))
-    return tight_budget(Counts(*map(int, largest)))
+            for index in batches_of(epoch_order(len(frames), seed, epoch), batch_size):
+                rows.append(train_counts[index].sum(axis=0))
+    rows = np.array(rows).reshape(-1, 4)
+    cuts = np.quantile(rows[:, 1], [0.5, 0.85, 1.0][-levels:]) if levels > 1 else [np.inf]
+    budgets: list[BatchBudget] = []
+    for cut in cuts:
+        group = rows[rows[:, 1] <= cut] if np.isfinite(cut) else rows
+        budget = snug_budget(group.max(axis=0))
+        if budget not in budgets:
+            budgets.append(budget)
+    return tuple(budgets)
 
 
 def split_validation(
@@ -228,11 +253,11 @@ def _stack(trees: Sequence[Any]) -> Any:
 class _Run:
     """The state of one run between epochs (host side)."""
 
-    def __init__(self, model: Model, settings: TrainSettings, train, valid, budget, dtype):
+    def __init__(self, model: Model, settings: TrainSettings, train, valid, budgets, dtype):
         self.config = model.config
         self.settings = settings
         self.train, self.valid = train, valid
-        self.budget, self.dtype = budget, dtype
+        self.budgets, self.dtype = list(budgets), dtype
         self.k = settings.committee
         self.seeds = [settings.seed + m for m in range(self.k)]
         self.steps_per_epoch = math.ceil(len(train) / settings.batch_size)
@@ -267,21 +292,24 @@ class _Run:
         orders = [epoch_order(len(self.train), seed, epoch) for seed in self.seeds]
         return [batches_of(o, self.settings.batch_size) for o in orders]
 
-    def _fit(self, frames: Sequence[LabelledFrame]) -> None:
-        total = sum((counts_of(f.graph) for f in frames), Counts(0, 0, 0, 0))
-        if not self.budget.holds(total):  # beyond the planned epochs: grow, recompile
-            self.budget = BatchBudget(
-                *(max(a, b) for a, b in zip(self.budget, tight_budget(total), strict=True))
-            )
+    def _fit(self, *groups: Sequence[LabelledFrame]) -> BatchBudget:
+        """The smallest budget holding each group (a batch per committee member);
+        beyond the planned epochs the largest grows (one more compilation)."""
+        totals = [sum((counts_of(f.graph) for f in g), Counts(0, 0, 0, 0)) for g in groups]
+        for budget in self.budgets:
+            if all(budget.holds(t) for t in totals):
+                return budget
+        grown = [snug_budget(t) for t in totals] + [self.budgets[-1]]
+        self.budgets[-1] = BatchBudget(*np.max(np.array(grown), axis=0).tolist())
+        return self.budgets[-1]
 
     def train_epoch(self, epoch: int, bar=None) -> list[dict]:
         per_member = self._member_batches(epoch)
         sums = np.zeros((self.k, 4))
         for i in range(self.steps_per_epoch):
             groups = [[self.train[j] for j in per_member[m][i]] for m in range(self.k)]
-            for g in groups:
-                self._fit(g)
-            padded = [_padded(g, self.budget, self.config, self.dtype) for g in groups]
+            budget = self._fit(*groups)
+            padded = [_padded(g, budget, self.config, self.dtype) for g in groups]
             batch, labels = padded[0] if self.k == 1 else _stack(padded)
             new_state, metrics = self.step(self.state, self.frozen, batch, labels)
             values = np.asarray(jax.device_get(jnp.stack(list(metrics))), float).reshape(4, -1).T
@@ -305,8 +333,7 @@ class _Run:
         groups = batches_of(np.arange(len(self.valid)), self.settings.batch_size)
         for index in groups:
             frames = [self.valid[j] for j in index]
-            self._fit(frames)
-            batch, labels = _padded(frames, self.budget, self.config, self.dtype)
+            batch, labels = _padded(frames, self._fit(frames), self.config, self.dtype)
             metrics: Metrics = self.evaluate(self.state.ema, self.frozen, batch, labels)
             sums += np.asarray(jax.device_get(jnp.stack(list(metrics))), float).reshape(4, -1).T
         return [dict(zip(METRICS, row / len(groups), strict=True)) for row in sums]
@@ -476,10 +503,11 @@ def train(
         params["params"]["normalizer"] = {"scale": scale, "shift": shift}
         model = dataclasses.replace(model, params=params)
     seeds = [settings.seed + m for m in range(settings.committee)]
-    budget = training_budget(
-        frames, valid, settings.batch_size, seeds, min(settings.epochs, PLANNED_EPOCHS)
-    )
-    run = _Run(model, settings, frames, valid, budget, dtype)
+    planned = min(settings.epochs, PLANNED_EPOCHS)
+    steps = planned * math.ceil(len(frames) / settings.batch_size)
+    levels = settings.budget_levels if steps >= SHORT_RUN_STEPS else 1
+    budgets = training_budgets(frames, valid, settings.batch_size, seeds, planned, levels)
+    run = _Run(model, settings, frames, valid, budgets, dtype)
 
     history: list[dict] = []
     manager = None
@@ -573,3 +601,40 @@ def _restore(manager, like: dict) -> dict:
     abstract = jax.tree_util.tree_map(np.asarray, like)
     step = manager.latest_step()
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def plot_metrics(history: str | os.PathLike | Sequence[dict], keys: Sequence[str] = METRICS):
+    """Learning curves: training and validation loss and MAEs against the epoch.
+
+    Args:
+        history: a run directory, its ``metrics.csv``, or ``TrainResult.history``.
+        keys: the metrics to draw, one panel each (of "loss", "mae_energy",
+            "mae_forces", "mae_stress").
+
+    Returns:
+        A matplotlib ``Figure`` (one line per member and split).
+    """
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(history) if isinstance(history, (str, os.PathLike)) else list(history)
+    units = {
+        "loss": "",
+        "mae_energy": " (eV/atom)",
+        "mae_forces": " (eV/Å)",
+        "mae_stress": " (GPa)",
+    }
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    members = sorted({r.get("member", 0) for r in rows})
+    for ax, key in zip(axes[0], keys, strict=True):
+        for m in members:
+            mine = [r for r in rows if r.get("member", 0) == m]
+            epochs = [r["epoch"] for r in mine]
+            suffix = f" {m}" if len(members) > 1 else ""
+            ax.plot(epochs, [r[f"train_{key}"] for r in mine], "-", label=f"train{suffix}")
+            ax.plot(epochs, [r[f"val_{key}"] for r in mine], "--", label=f"validation{suffix}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key.replace("_", " ") + units[key])
+        ax.set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

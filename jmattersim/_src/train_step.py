@@ -25,6 +25,7 @@ from .loss import Labels, LossSettings, Metrics, batch_loss
 from .padding import Batch
 
 Params = Any
+TRACES: list[tuple] = []  # one entry per trace of the step (i.e. per compilation)
 
 
 # ------------------------------------------------------------------ parameter split
@@ -60,7 +61,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         factor = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
         return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), updates), state
 
@@ -173,6 +174,7 @@ def train_step(
     labels: Labels,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on one batch: gradient, clip, Adam, EMA."""
+    TRACES.append((config, batch.graph.senders.shape, batch.triplets.shape))
 
     def objective(trainable):
         m = loss_fn(config, settings, trainable, frozen, batch, labels, remat)
