@@ -239,3 +239,28 @@ def test_settings_are_checked():
         jmattersim.TrainSettings(loss="l1")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         jmattersim.TrainSettings(batch_size=0)
+
+
+def test_float64_training_under_x64(model):
+    """With ``jax_enable_x64`` the run trains in float64 (its result too)."""
+    with jax.enable_x64(True):
+        result = jmattersim.train(
+            model, TRAIN[:8], VALID[:4], epochs=1, batch_size=8, progress=False
+        )
+        kinds = {np.asarray(a).dtype for a in jax.tree_util.tree_leaves(result.model.params)}
+        (r,) = jmattersim.evaluate(result.model, [VALID[0]])
+    assert kinds == {np.dtype(np.float64)}
+    assert np.isfinite(result.history[0]["val_loss"]) and np.isfinite(r.energy)
+
+
+def test_the_callers_parameters_survive_and_a_stopped_run_stays_stopped(model, tmp_path):
+    """The compiled step donates its own copies (JAX-array params stay usable);
+    repeating a call whose run stopped early returns that run, training nothing."""
+    live = jmattersim.Model(model.config, jax.tree_util.tree_map(jax.numpy.asarray, model.params))
+    settings = dict(epochs=6, batch_size=8, lr=0.0, early_stop_patience=0, progress=False)
+    first = jmattersim.train(live, TRAIN[:8], VALID[:4], out=tmp_path / "r", **settings)
+    jmattersim.evaluate(live, [VALID[0]])  # its buffers were not donated
+    again = jmattersim.train(live, TRAIN[:8], VALID[:4], out=tmp_path / "r", **settings)
+    assert first.stopped_early and again.stopped_early
+    assert again.epochs_run == first.epochs_run == 2
+    assert len(again.history) == len(first.history)

@@ -103,7 +103,8 @@ def finetune_command(args: argparse.Namespace) -> int:
     except (InvalidLabelError, InvalidStructureError, FloatingPointError, ValueError) as e:
         print(f"jmattersim finetune: {e}", file=sys.stderr)
         return 1
-    best = min(result.history, key=lambda r: r["val_loss"]) if result.history else None
+    finite = [r for r in result.history if r["val_loss"] == r["val_loss"]]  # not NaN
+    best = min(finite, key=lambda r: r["val_loss"]) if finite else None
     how = "stopped early" if result.stopped_early else "done"
     line = f"{result.epochs_run} epochs ({how}) in {time.perf_counter() - start:.1f} s"
     if best is not None:

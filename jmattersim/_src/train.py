@@ -124,6 +124,11 @@ class TrainSettings:
 
     @property
     def loss_settings(self) -> LossSettings:
+        """The loss's terms and weights (static under ``jit``).
+
+        Returns:
+            The ``LossSettings`` of :mod:`jmattersim._src.loss`.
+        """
         return LossSettings(
             self.loss,
             self.huber_delta,
@@ -134,6 +139,14 @@ class TrainSettings:
         )
 
     def optim(self, steps_per_epoch: int) -> OptimSettings:
+        """The optimiser's settings for a run of ``steps_per_epoch`` batches per epoch.
+
+        Args:
+            steps_per_epoch: optimiser steps per epoch (StepLR counts epochs).
+
+        Returns:
+            The ``OptimSettings`` of :mod:`jmattersim._src.train_step`.
+        """
         return OptimSettings(
             self.lr, steps_per_epoch, self.step_size, self.gamma, self.clip_norm, self.ema_decay
         )
@@ -262,7 +275,8 @@ class _Run:
         self.seeds = [settings.seed + m for m in range(self.k)]
         self.steps_per_epoch = math.ceil(len(train) / settings.batch_size)
         self.optim = settings.optim(self.steps_per_epoch)
-        variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), model.params)
+        # copies: the compiled step donates its state's buffers, never the caller's
+        variables = jax.tree_util.tree_map(lambda a: jnp.array(a, dtype, copy=True), model.params)
         trainable, self.frozen = split_params(
             variables, settings.trainable_scale, settings.trainable_shift
         )
@@ -405,11 +419,12 @@ def _check_same_run(out: Path, record: dict) -> None:
     path = out / "train_settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(record)):
+        new = json.loads(json.dumps(record))
+        for r in (old, new):  # a run may be extended: more epochs are the same run
+            r.get("settings", {}).pop("epochs", None)
+        if old != new:
             diff = sorted(
-                k
-                for k in record["settings"]
-                if old.get("settings", {}).get(k) != record["settings"][k]
+                k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]
             )
             raise ValueError(
                 f"{out} holds a run with other settings ({', '.join(diff) or 'model or data'} "
@@ -429,8 +444,15 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a run's ``metrics.csv`` (numbers as floats, ``epoch`` and
-    ``member`` as ints)."""
+    """The rows of a run's ``metrics.csv``.
+
+    Args:
+        path: the run directory or its ``metrics.csv``.
+
+    Returns:
+        One dict per epoch and member: ``epoch`` and ``member`` ints, the rest
+        floats (``lr``, ``train_loss``, ``val_mae_forces`` eV/Å, ..., ``seconds``).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.csv"
@@ -534,11 +556,11 @@ def train(
             unit="batch",
             desc="fine-tuning",
         )
-    stopped = False
+    stopped = run.epoch >= 0 and run.should_stop(run.epoch)  # a finished run stays finished
     done_now = 0
     source = {**model.source, "fine_tuned": True}
     for epoch in range(run.epoch + 1, settings.epochs):
-        if max_epochs is not None and done_now >= max_epochs:
+        if stopped or (max_epochs is not None and done_now >= max_epochs):
             break
         start = time.perf_counter()
         train_metrics = run.train_epoch(epoch, bar)
@@ -612,7 +634,7 @@ def plot_metrics(history: str | os.PathLike | Sequence[dict], keys: Sequence[str
             "mae_forces", "mae_stress").
 
     Returns:
-        A matplotlib ``Figure`` (one line per member and split).
+        (matplotlib.figure.Figure): one panel per metric, a line per member and split.
     """
     import matplotlib.pyplot as plt
 
