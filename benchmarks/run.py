@@ -496,16 +496,16 @@ def train_rows(name: str, n: int, seed: int, add) -> None:
             lower_is_better=True,
             jm_impl=label,
         )
-    # epochs=2 plans the same padding budget as epochs=1: the warm cache serves it
-    jm2 = measured([*jm_cmd, "--epochs", "2"], env)
+    # a user's run (default epochs=1000: budgets planned over 64 epochs), stopped after two
+    jm2 = measured([*jm_cmd, "--epochs", "1000", "--max-epochs", "2"], env)
     add(
         "fine-tune epoch, steady state",
         name,
         "s",
         jm2["epochs"][1],
         up["epochs"][0],
-        f"{what}; jmattersim: second epoch of epochs=2; upstream: its epoch "
-        f"(train_one_epoch); {train_padding(name, src, 2)}",
+        f"{what}; jmattersim: second epoch of a default run (epochs=1000) stopped after "
+        f"two; upstream: its epoch (train_one_epoch); {train_padding(name, src, 1000)}",
         lower_is_better=True,
     )
     remat_env = {"JMATTERSIM_COMPILE_CACHE": str(Path(tempfile.mkdtemp(prefix="xla-", dir=WORK)))}
@@ -519,7 +519,7 @@ def train_rows(name: str, n: int, seed: int, add) -> None:
             up["peak_mib"],
             f"{what}; resident high-water mark of the whole process, compile cache cold "
             f"(compilation included); remat=False warm cache {warm['peak_mib']:.0f} MiB; "
-            f"remat=True: {jm['child_wall']:.0f} s, epoch alone {jm['epochs'][0]:.1f} s",
+            f"{label}: {jm['child_wall']:.0f} s, epoch alone {jm['epochs'][0]:.1f} s",
             lower_is_better=True,
             jm_impl=label,
         )
@@ -527,23 +527,31 @@ def train_rows(name: str, n: int, seed: int, add) -> None:
 
 def train_padding(name: str, src: Path, epochs: int) -> str:
     """How full jmattersim's padded training batches are in a run of ``epochs``:
-    the mean real counts of the first epoch's batches over the budget every batch
-    is padded to (fitted to the largest batch of the planned epochs)."""
+    the real edges and triplets of the first epoch's batches over the slots of the
+    budgets they are padded to (each batch in the smallest that holds it)."""
+    import math
+
     from jmattersim._src import train as tr
     from jmattersim._src.padding import counts_of
 
     frames = tr.read_frames(src, jm_model(name).config, True, True)
-    budget = tr.training_budget(frames, [], BATCH, [42], min(epochs, tr.PLANNED_EPOCHS))
-    counts = np.array([counts_of(f.graph) for f in frames], float)
-    mean = np.mean(
-        [counts[i].sum(axis=0) for i in tr.batches_of(tr.epoch_order(len(frames), 42, 0), BATCH)],
-        axis=0,
-    )
+    settings = tr.TrainSettings(epochs=epochs, batch_size=BATCH)
+    planned = min(epochs, tr.PLANNED_EPOCHS)
+    steps = planned * math.ceil(len(frames) / BATCH)
+    levels = settings.budget_levels if steps >= tr.SHORT_RUN_STEPS else 1
+    budgets = tr.training_budgets(frames, [], BATCH, [settings.seed], planned, levels)
+    counts = np.array([counts_of(f.graph) for f in frames], np.int64)
+    real = slots = np.zeros(2)
+    for index in tr.batches_of(tr.epoch_order(len(frames), settings.seed, 0), BATCH):
+        total = tuple(int(c) for c in counts[index].sum(axis=0))
+        budget = next(b for b in budgets if all(c < s for c, s in zip(total, b, strict=True)))
+        real = real + np.array(total[1:3])
+        slots = slots + np.array([budget.edges, budget.triplets])
+    fill = real / slots
+    sizes = ", ".join(f"{b.edges}/{b.triplets}" for b in budgets)
     return (
-        f"padded budget {budget.nodes} nodes / {budget.edges} edges / {budget.triplets} "
-        f"triplets, a batch's mean {mean[0]:.0f} / {mean[1]:.0f} / {mean[2]:.0f} "
-        f"({mean[1] / budget.edges:.0%} of edge slots, {mean[2] / budget.triplets:.0%} of "
-        "triplet slots real)"
+        f"{len(budgets)} padded budget(s) (edges/triplets {sizes}); "
+        f"{fill[0]:.0%} of edge slots, {fill[1]:.0%} of triplet slots real"
     )
 
 
