@@ -194,7 +194,7 @@ def test_fine_tuned_model_round_trips_through_upstream(small_model, tmp_path):
         np.testing.assert_allclose(mine.stress_gpa, ref["stress_gpa"], atol=1e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 12 to 15 minutes on a 2-core CPU: outside .ci/run (pytest -m long)
 def test_fine_tuning_learns_mptrj(model):
     """The random-weight 1M model, 800 frames drawn at random (seed 0) from MPtrj, 100
     held back: two epochs lower the validation energy and force MAE."""
