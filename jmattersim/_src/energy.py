@@ -180,13 +180,23 @@ def predict(
     batch: Batch,
     soft_normalize: bool = True,
     within_cutoffs: bool = False,
+    remat: bool = False,
+    derivatives: bool = True,
 ) -> Predictions:
     """Energies, forces (-dE/dr) and stresses (dE/d eps / V) of a host-built batch
-    (``within_cutoffs``: its lists hold a skin, see :func:`energies`)."""
+    (``within_cutoffs``: its lists hold a skin; ``remat``: see :func:`energies`).
+    Without ``derivatives``, energies only (forces and stress None)."""
     g = batch.graph
     energy_of = batch_energy_of(
-        config, params, batch, soft_normalize=soft_normalize, within_cutoffs=within_cutoffs
+        config,
+        params,
+        batch,
+        soft_normalize=soft_normalize,
+        within_cutoffs=within_cutoffs,
+        remat=remat,
     )
+    if not derivatives:
+        return Predictions(energy_of(g.nodes["positions"]), None, None)
     return _forces_and_stress(
         energy_of, g.nodes["positions"], g.globals["lattice"], jraph.get_graph_padding_mask(g)
     )

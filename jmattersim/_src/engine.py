@@ -214,23 +214,7 @@ def _committee(config, params, batch, derivatives, within_cutoffs, soft_normaliz
 
 
 def _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize) -> Predictions:
-    if derivatives:
-        return predict(config, params, batch, soft_normalize, within_cutoffs)
-    from .energy import batch_topology, energies
-
-    g = batch.graph
-    e = energies(
-        config,
-        params,
-        g.nodes["atom_types"],
-        g.nodes["positions"],
-        g.globals["lattice"],
-        g.n_node,
-        batch_topology(batch),
-        soft_normalize=soft_normalize,
-        within_cutoffs=within_cutoffs,
-    )
-    return Predictions(e, None, None)
+    return predict(config, params, batch, soft_normalize, within_cutoffs, derivatives=derivatives)
 
 
 def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], BatchBudget]]:

@@ -386,22 +386,24 @@ class _Run:
 
     def best_model(self, source: dict):
         """The best weights as a Model (or a committee of them)."""
-        merged = lambda w: jax.tree_util.tree_map(np.asarray, merge_params(w, self.frozen))  # noqa: E731
+        best = self.best["params"]
+        members = [best] if self.k == 1 else [_member(best, m) for m in range(self.k)]
+        models = [Model(self.config, _host(merge_params(w, self.frozen)), source) for w in members]
         if self.k == 1:
-            return Model(self.config, merged(self.best["params"]), source)
-        from .committee import Committee
+            return models[0]
+        from .committee import stack_models
 
-        frozen = jax.tree_util.tree_map(
-            lambda a: np.broadcast_to(np.asarray(a), (self.k, *np.shape(a))), self.frozen
-        )
-        params = jax.tree_util.tree_map(np.asarray, merge_params(self.best["params"], frozen))
-        return Committee(self.config, params, source)
+        return stack_models(models)
+
+
+def _member(tree: Any, m: int) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[m], tree)
 
 
 def _save_best(model, out: Path) -> None:
-    if hasattr(model, "member"):
-        from .committee import save_committee
+    from .committee import Committee, save_committee
 
+    if isinstance(model, Committee):
         save_committee(model, out, overwrite=True)
     else:
         save_model(model, out, overwrite=True)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from .config import M3GNetConfig
-from .energy import Predictions, _forces_and_stress, batch_energy_of
+from .energy import Predictions, predict
 from .loss import Labels, LossSettings, Metrics, batch_loss
 from .padding import Batch
 
@@ -136,17 +136,8 @@ def batch_predictions(
     config: M3GNetConfig, variables: Params, batch: Batch, settings: LossSettings, remat: bool
 ) -> Predictions:
     """Energies (and forces and stresses when the loss holds them) of a padded batch."""
-    import jraph
-
-    batch = jax.tree_util.tree_map(jnp.asarray, batch)  # jraph's masks need JAX arrays
-    g = batch.graph
-    energy_of = batch_energy_of(config, variables, batch, remat=remat)
-    if not (settings.forces or settings.stress):
-        real = jraph.get_graph_padding_mask(g)
-        return Predictions(jnp.where(real, energy_of(g.nodes["positions"]), 0.0), None, None)
-    return _forces_and_stress(
-        energy_of, g.nodes["positions"], g.globals["lattice"], jraph.get_graph_padding_mask(g)
-    )
+    derivatives = settings.forces or settings.stress
+    return predict(config, variables, batch, remat=remat, derivatives=derivatives)
 
 
 def loss_fn(
