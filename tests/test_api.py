@@ -82,3 +82,13 @@ def test_seed_means_only_a_random_seed():
             if re.search(r"seed", line, re.IGNORECASE) and not RANDOM_SEED.search(line):
                 bad.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
     assert not bad, "\n".join(bad)
+
+
+def test_a_deprecation_raised_from_our_code_fails_the_suite():
+    """pyproject's filterwarnings turns a DeprecationWarning or FutureWarning
+    attributed to jmattersim (a library warning about how we call it) into an error."""
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning):
+        with pytest.raises(category):
+            warnings.warn_explicit("old API", category, "phonons.py", 1, "jmattersim._src.phonons")

@@ -275,18 +275,17 @@ def phonon_spectrum(phonon: Phonopy, *, npoints: int = 101, plot: bool = True) -
         phonon.run_mesh(100.0)
     if phonon.total_dos is None:
         phonon.run_total_dos()
-    bands = phonon.get_band_structure_dict()
-    dos = phonon.get_total_dos_dict()
-    frequencies = [np.asarray(f) for f in bands["frequencies"]]
+    bands, dos = phonon.band_structure, phonon.total_dos
+    frequencies = [np.asarray(f) for f in bands.frequencies]
     lowest = float(min(f.min() for f in frequencies))
-    labels = list(phonon.band_structure.labels or [])
+    labels = list(bands.labels or [])
     spectrum = PhononSpectrum(
-        distances=[np.asarray(d) for d in bands["distances"]],
+        distances=[np.asarray(d) for d in bands.distances],
         frequencies=frequencies,
         labels=labels,
-        connections=list(phonon.band_structure.path_connections),
-        dos_frequencies=np.asarray(dos["frequency_points"]),
-        dos=np.asarray(dos["total_dos"]),
+        connections=list(bands.path_connections),
+        dos_frequencies=np.asarray(dos.frequency_points),
+        dos=np.asarray(dos.dos),
         min_frequency=lowest,
         has_imaginary=lowest < IMAGINARY_THRESHOLD,
     )
