@@ -36,6 +36,7 @@ def test_predict_writes_every_frame(converted, tmp_path):
         assert abs(w.get_potential_energy() - a.get_potential_energy()) / len(a) < 1e-5
         np.testing.assert_allclose(w.get_forces(), a.get_forces(), atol=1e-4)
         np.testing.assert_allclose(w.get_stress(), a.get_stress(), atol=1e-6)
+        # exact: atomic numbers are integers, written and read back
         np.testing.assert_array_equal(w.numbers, a.numbers)
 
 

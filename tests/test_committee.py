@@ -90,6 +90,7 @@ def test_members_and_refusals(small_model, members, committee):
     for k, m in enumerate(members):
         got = jax.tree_util.tree_leaves(committee.member(k).params)
         for a, b in zip(got, jax.tree_util.tree_leaves(m.params), strict=True):
+            # exact: a member is a slice of the stacked parameters (a copy)
             np.testing.assert_array_equal(a, b)
     assert committee.astype(np.float32) is committee.astype(np.float32)
     other = dataclasses.replace(
@@ -111,6 +112,7 @@ def test_save_load_round_trip(small_model, committee, tmp_path):
         jax.tree_util.tree_leaves(committee.params),
         strict=True,
     ):
+        # exact: a save/load round trip of stored parameters
         np.testing.assert_array_equal(a, b)
     assert isinstance(load_model_or_committee(out), jmattersim.Committee)
     with pytest.raises(ValueError, match=f"committee of {K} members.*load_committee"):

@@ -43,6 +43,7 @@ def test_converted_values_are_upstreams(checkpoints, converted):
         for part in path.split("/"):
             node = node[part]
         want = ckpt["model"][key].numpy()
+        # exact: conversion copies (and transposes) tensors, no arithmetic
         np.testing.assert_array_equal(node, want.T if transposed else want, err_msg=key)
     assert model.config == M3GNetConfig(num_blocks=3, units=128)
 

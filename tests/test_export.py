@@ -78,6 +78,7 @@ def assert_same_params(a, b):
     for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
         x, y = np.asarray(x), np.asarray(y)
         assert x.dtype == y.dtype == np.float32, jax.tree_util.keystr(path)
+        # exact: a round trip of stored float32 parameters (copies, no arithmetic)
         assert np.array_equal(x, y), jax.tree_util.keystr(path)
 
 
@@ -137,6 +138,7 @@ def test_finetuned_normaliser_and_weights_travel(model, frames, tmp_path):
     assert torch.load(path, weights_only=True)["description"] == "fine-tuned"
     potential = MatterSimCalculator(load_path=str(path), device="cpu").potential
     scale = potential.model.normalizer.scale.detach().numpy()
+    # exact: the exported buffer is a copy of the parameter
     np.testing.assert_array_equal(scale, norm["scale"])
     worst = worst_errors(tuned, potential, frames)
     print(

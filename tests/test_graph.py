@@ -141,6 +141,7 @@ def test_pad_follows_jraph_and_keeps_padding_apart():
     batch = pad(graphs, budget, CONFIG)
     gt = batch.graph
     assert gt.n_node.sum() == budget.nodes and gt.n_edge.sum() == budget.edges
+    # exact: integer counts; the padding lattice is set to the identity, not computed
     np.testing.assert_array_equal(gt.n_node[:3], [g.n_node for g in graphs])
     assert gt.n_node[3] == 5 and gt.n_node[4] == 0  # jraph: the first padding graph holds them
     real = total.edges
@@ -164,6 +165,7 @@ def test_pad_refuses_a_budget_without_room_for_padding():
 def test_sizes_and_batch_index_round_trip():
     sizes = np.array([2, 0, 5, 1])
     index = sizes_to_batch_index(sizes)
+    # exact: integer indices
     np.testing.assert_array_equal(index, [0, 0, 2, 2, 2, 2, 2, 3])
     np.testing.assert_array_equal(batch_index_to_sizes(index, 4), sizes)
     with pytest.raises(ValueError, match="sorted"):
@@ -181,6 +183,7 @@ def test_pad_graph_follows_jraph_convention():
     )
     ours = pad_graph(g, 8, 4)
     theirs = jraph.pad_with_graphs(g._replace(globals={"lattice": g.globals["lattice"]}), 8, 0, 4)
+    # exact: integer counts and masks; padding atom types are copied zeros, not computed
     np.testing.assert_array_equal(ours.n_node, theirs.n_node)
     np.testing.assert_array_equal(
         jraph.get_graph_padding_mask(ours), jraph.get_graph_padding_mask(theirs)

@@ -106,7 +106,12 @@ def test_columns_and_chunks_give_the_same_rows(small_model):
     with jax.enable_x64(True):
         full = jmattersim.hessian(small_model, atoms)
         rows = jmattersim.hessian_columns(small_model, atoms, [2, 0], atoms_chunk=1)
-    np.testing.assert_array_equal(rows, full[[2, 0]])
+    # Two programs (other chunkings): equal to float64 rounding relative to the
+    # matrix's scale, not bit for bit (XLA may round differently per program).
+    want = full[[2, 0]]
+    bound = 8 * np.finfo(np.float64).eps * np.abs(want).max()
+    assert np.abs(rows - want).max() <= bound, f"|rows - H| > 8 eps max|H| = {bound:.1e}"
+    assert np.abs(want).max() > 1e-3  # rows of a real curvature, not zeros
 
 
 def test_float32_by_default(small_model):

@@ -144,6 +144,7 @@ def test_image_edges_equal_ase_on_every_mptrj_frame(frames):
                 got = edge_keys(
                     s[row][emask[row]], r[row][emask[row]], shifts[row][emask[row]], len(frames[k])
                 )
+                # exact: integer edge keys (sender, receiver, image), sets compared
                 np.testing.assert_array_equal(got, refs[k], err_msg=f"frame {k}")
                 equal += 1
     assert equal == len(frames) == 1000
@@ -160,6 +161,7 @@ def check_list_against_reference(atoms: Atoms, nbrs: MatterSimNeighborList, conf
     """Edges and triplets of a list built with no skin equal upstream's graph."""
     n = len(atoms)
     assert not bool(nbrs.did_buffer_overflow)
+    # exact: integer edge keys and triplet sets, not floats
     np.testing.assert_array_equal(list_keys(nbrs, n), reference_keys(atoms))
     g = structure_graph(atoms, config)
     ours = edge_codes(nbrs.senders, nbrs.receivers, nbrs.shifts, n)

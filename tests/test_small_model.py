@@ -104,6 +104,7 @@ def test_stored_reference_is_what_upstream_gives(tmp_path, stored, small_model):
     assert fresh.config == small_model.config
     stored_leaves = jax.tree.leaves(small_model.params)
     for a, b in zip(jax.tree.leaves(fresh.params), stored_leaves, strict=True):
+        # exact: torch's seeded initialisation, saved and converted (copies, no arithmetic)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert set(fresh_values) == set(stored)
     for key, ref in stored.items():

@@ -184,6 +184,7 @@ def test_fine_tuned_model_round_trips_through_upstream(small_model, tmp_path):
     for a, b in zip(
         jax.tree_util.tree_leaves(back.params), jax.tree_util.tree_leaves(tuned.params), strict=True
     ):
+        # exact: export and conversion back copy float32 tensors, no arithmetic
         assert np.array_equal(np.asarray(a).reshape(np.shape(b)), np.asarray(b))
     potential = upstream_potential(pth)
     tests = [frames[20], frames[23]]
