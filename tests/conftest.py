@@ -73,6 +73,21 @@ def mptrj_frames(count: int) -> list[Atoms]:
     return [frames[i] for i in picks]
 
 
+def element_cover_frames() -> list[Atoms]:
+    """Few small MPtrj frames holding every element of the file: greedily the frame
+    with the most new elements per atom (ties: the file's order), then the smallest
+    frame of at least 100 atoms (the size range: large edge and triplet counts)."""
+    frames = ase.io.read(MPTRJ, index=":")
+    missing = set(np.concatenate([a.numbers for a in frames]).tolist())
+    picks = []
+    while missing:
+        best = max(frames, key=lambda a: len(missing & set(a.numbers.tolist())) / len(a))
+        picks.append(best)
+        missing -= set(best.numbers.tolist())
+    large = min((a for a in frames if len(a) >= 100), key=len)
+    return sorted(picks, key=len) + [large]
+
+
 def small_cell() -> Atoms:
     """Primitive diamond Si: lattice vectors of 3.84 Å, shorter than the cutoff."""
     si = bulk("Si", "diamond", 5.43)
@@ -117,8 +132,10 @@ def padded(structures: list[Atoms], config, dtype, n_node: int, n_graph: int):
 
 @pytest.fixture(scope="session")
 def structures() -> dict[str, Atoms]:
+    """The hand-made cases and MPtrj frames holding every element of the file (all
+    85, in about 400 atoms) and a frame of over 100 atoms."""
     out = special_structures()
-    for k, atoms in enumerate(mptrj_frames(52)):
+    for k, atoms in enumerate(element_cover_frames()):
         out[f"mptrj_{k:02d}_{atoms.get_chemical_formula()}"] = atoms
     return out
 
@@ -176,6 +193,16 @@ def small_model():
     import jmattersim
 
     return jmattersim.load_model(MODEL)
+
+
+@pytest.fixture(scope="session")
+def small_model64(small_model):
+    """The small model in float64 (use it under ``jax.enable_x64``)."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        return small_model.astype(jnp.float64)
 
 
 def _upstream_testing():

@@ -159,8 +159,18 @@ def test_setup_cell_short_and_shared():
 # ------------------------------------------------------------------------------ slow
 
 
+# Fresh runs of minutes each (cold compile cache: MD, phonons and κ, fine-tuning)
+# are in the long tier; what they call is tested in CI by test_md, test_phonons,
+# test_elastic and test_train.
+LONG_NOTEBOOKS = {"03_molecular_dynamics", "04_phonons_and_elastic", "05_finetune"}
+FRESH_RUNS = [
+    pytest.param(path, marks=[pytest.mark.long] if path.stem in LONG_NOTEBOOKS else [])
+    for path in NOTEBOOKS
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+@pytest.mark.parametrize("path", FRESH_RUNS, ids=IDS)
 def test_fresh_run_matches_stored(path):
     """A fresh small-mode execution (no cell may fail) has the stored cells, and
     the stored outputs are not stale in structure: every cell with output now has

@@ -62,6 +62,9 @@ def test_relaxation_follows_ase_fire_with_the_calculator(small_model):
     np.testing.assert_allclose(ours.cell.array, ref.cell.array, atol=1e-8)
 
 
+SETTINGS = dict(fmax=0.01, smax=0.02, max_steps=400)
+
+
 @pytest.fixture(scope="module")
 def rattled_frames():
     frames = [a.copy() for a in ase.io.read(MPTRJ, ":") if len(a) == 4][:24]
@@ -70,16 +73,20 @@ def rattled_frames():
     return frames
 
 
-def test_batched_relaxation_equals_single_ones(small_model, rattled_frames):
+@pytest.fixture(scope="module")
+def alone(small_model, rattled_frames):
+    """Each rattled frame relaxed on its own (float64), shared by the batch tests."""
+    with jax.enable_x64(True):
+        return [relax(small_model, a, **SETTINGS) for a in rattled_frames]
+
+
+def test_batched_relaxation_equals_single_ones(small_model, rattled_frames, alone):
     """12 different mptrj frames (4 atoms each, rattled), positions and cells relaxed
     together and one by one: the same status, steps and structures for each (with
     random weights some cells collapse; they fail alike, with their reason)."""
-    rattled_frames = rattled_frames[:12]  # the one-by-one runs are most of CI's longest test
+    rattled_frames, single = rattled_frames[:12], alone[:12]
     with jax.enable_x64(True):
-        batched = relax(small_model, rattled_frames, fmax=0.01, smax=0.02, max_steps=400)
-        single = [
-            relax(small_model, a, fmax=0.01, smax=0.02, max_steps=400) for a in rattled_frames
-        ]
+        batched = relax(small_model, rattled_frames, **SETTINGS)
     diffs, strain = [], []
     for a, b, s in zip(rattled_frames, batched, single, strict=True):
         assert b.info["relax_status"] == s.info["relax_status"], (b.info, s.info)
@@ -103,16 +110,15 @@ def test_batched_relaxation_equals_single_ones(small_model, rattled_frames):
     assert max(diffs) < 1e-8
 
 
-def test_a_collapsing_structure_fails_alone(small_model, rattled_frames):
+def test_a_collapsing_structure_fails_alone(small_model, rattled_frames, alone):
     """One structure that collapses in a batch of 8: it carries its reason; the other
     7 finish as they do alone."""
+    bad = [k for k, a in enumerate(alone) if a.info["relax_status"] == "failed"]
+    good = [k for k, a in enumerate(alone) if a.info["relax_status"] == "converged"]
+    assert bad and len(good) >= 7
+    picks = good[:3] + bad[:1] + good[3:7]
     with jax.enable_x64(True):
-        alone = [relax(small_model, a, fmax=0.01, max_steps=300) for a in rattled_frames]
-        bad = [k for k, a in enumerate(alone) if a.info["relax_status"] == "failed"]
-        good = [k for k, a in enumerate(alone) if a.info["relax_status"] == "converged"]
-        assert bad and len(good) >= 7
-        picks = good[:3] + bad[:1] + good[3:7]
-        together = relax(small_model, [rattled_frames[k] for k in picks], fmax=0.01, max_steps=300)
+        together = relax(small_model, [rattled_frames[k] for k in picks], **SETTINGS)
     for k, out in zip(picks, together, strict=True):
         ref = alone[k]
         assert out.info["relax_status"] == ref.info["relax_status"]

@@ -44,25 +44,42 @@ def _float64(potential):
 
 
 def predict(potential, atoms: Atoms, float64: bool = False) -> dict:
-    """Upstream energy (eV), forces (eV/Å), stress (GPa, 3x3) and graph sizes.
+    """Upstream energy (eV), forces (eV/Å), stress (GPa, 3x3) and graph sizes of one
+    structure (see :func:`predict_many`)."""
+    return predict_many(potential, [atoms], float64)[0]
 
-    Positions and cell enter in float64 where asked (upstream's graph builder
+
+def predict_many(potential, structures: list[Atoms], float64: bool = False) -> list[dict]:
+    """Upstream energy (eV), forces (eV/Å), stress (GPa, 3x3) and graph sizes of each
+    structure, from one batched forward pass: upstream's own batched path (its
+    ``BatchRelaxer`` and training batch graphs the same way).
+
+    Positions and cells enter in float64 where asked (upstream's graph builder
     stores them as float32; here they are replaced by the float64 originals).
     """
     args = potential.model.model_args
-    data, normalised = upstream_graph(atoms, args)
-    inputs = batch_to_dict(Batch.from_data_list([data]), device="cpu")
+    graphs = [upstream_graph(atoms, args) for atoms in structures]
+    inputs = batch_to_dict(Batch.from_data_list([data for data, _ in graphs]), device="cpu")
     ctx = _float64(potential) if float64 else contextlib.nullcontext()
     with ctx:
         if float64:
-            inputs["atom_pos"] = torch.tensor(normalised.positions, dtype=torch.float64)
-            inputs["cell"] = torch.tensor(normalised.cell.array[None], dtype=torch.float64)
+            positions = np.concatenate([n.positions for _, n in graphs])
+            cells = np.stack([n.cell.array for _, n in graphs])
+            inputs["atom_pos"] = torch.tensor(positions, dtype=torch.float64)
+            inputs["cell"] = torch.tensor(cells, dtype=torch.float64)
         out = potential.forward(inputs, include_forces=True, include_stresses=True)
-        return {
-            "energy": float(out["total_energy"].detach()[0]),
-            "forces": out["forces"].detach().numpy().astype(np.float64),
-            "stress_gpa": out["stresses"].detach().numpy()[0].astype(np.float64),
+        energies = out["total_energy"].detach().numpy().astype(np.float64)
+        forces = out["forces"].detach().numpy().astype(np.float64)
+        stresses = out["stresses"].detach().numpy().astype(np.float64)
+    ends = np.cumsum([len(n) for _, n in graphs])
+    return [
+        {
+            "energy": float(energies[k]),
+            "forces": forces[end - len(normalised) : end],
+            "stress_gpa": stresses[k],
             "n_edge": int(data.num_bonds),
             "n_triplet": int(data.num_three_body),
             "atoms": normalised,
         }
+        for k, ((data, normalised), end) in enumerate(zip(graphs, ends, strict=True))
+    ]
