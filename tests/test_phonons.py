@@ -218,7 +218,7 @@ def test_fc3_equals_finite_differences_of_the_hessian(small_model):
     assert worst <= 1e-5 * scale, f"max |fc3 - fd| / max |fc3| = {worst / scale:.1e}"
 
 
-@pytest.mark.slow
+@pytest.mark.long  # minutes: two phono3py runs of upstream; CI checks fc3 against FD
 def test_thermal_conductivity_matches_upstream_bte(scaled, tmp_path):
     """κ(300 K) of Si (primitive cell, 2x2x2, RTA, mesh 8x8x8) from exact fc2/fc3
     against upstream's BTEWorkflow (finite pairs at 0.01 Å) on the same checkpoint,

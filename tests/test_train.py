@@ -123,14 +123,24 @@ def test_a_run_with_other_settings_in_the_same_directory_is_refused(uninterrupte
         jmattersim.train(model, TRAIN, VALID, out=uninterrupted.out, **{**RUN, "lr": 1e-3})
 
 
-def test_committee_member_equals_a_single_run_in_one_compiled_step(model):
-    settings = dict(epochs=2, batch_size=8, progress=False, include_stresses=True)
+COMMITTEE_RUN = dict(epochs=2, batch_size=8, progress=False, include_stresses=True)
+
+
+@pytest.fixture(scope="module")
+def committee_run(model, tmp_path_factory):
+    """A committee of 3 trained in one compiled step: (its result, the traces it added)."""
     train_step.compiled_step.cache_clear()
     before = len(train_step.TRACES)
-    committee = jmattersim.train(model, TRAIN, VALID, committee=3, seed=5, **settings)
-    assert len(train_step.TRACES) == before + 1  # one compilation for the three members
+    out = tmp_path_factory.mktemp("committee") / "c"
+    result = jmattersim.train(model, TRAIN, VALID, committee=3, seed=5, out=out, **COMMITTEE_RUN)
+    return result, len(train_step.TRACES) - before
+
+
+def test_committee_member_equals_a_single_run_in_one_compiled_step(model, committee_run):
+    committee, traces = committee_run
+    assert traces == 1  # one compilation for the three members
     assert committee.model.size == 3
-    single = jmattersim.train(model, TRAIN, VALID, seed=6, **settings)
+    single = jmattersim.train(model, TRAIN, VALID, seed=6, **COMMITTEE_RUN)
     assert_same_params(committee.model.member(1).params, single.model.params, rtol=1e-6)
     other = committee.model.member(0).params["params"]["final"]
     assert not np.allclose(
@@ -142,15 +152,13 @@ def test_committee_member_equals_a_single_run_in_one_compiled_step(model):
     )
 
 
-def test_committee_directory_predicts_with_uncertainty(model, tmp_path):
-    result = jmattersim.train(
-        model, TRAIN, VALID, committee=2, epochs=1, batch_size=8, out=tmp_path / "c", progress=False
-    )
-    committee = jmattersim.load_committee(tmp_path / "c" / "best_model")
+def test_committee_directory_predicts_with_uncertainty(committee_run):
+    result, _ = committee_run
+    committee = jmattersim.load_committee(result.out / "best_model")
     (res,) = jmattersim.evaluate(committee, [FRAMES[35]])
     assert res.forces_std.shape == (len(FRAMES[35]), 3)
     assert np.all(res.forces_std >= 0) and res.energy_std > 0
-    assert result.model.size == 2
+    assert result.model.size == 3
 
 
 # ------------------------------------------------------------------------ bad input
