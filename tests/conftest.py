@@ -132,8 +132,8 @@ def padded(structures: list[Atoms], config, dtype, n_node: int, n_graph: int):
 
 @pytest.fixture(scope="session")
 def structures() -> dict[str, Atoms]:
-    """The hand-made cases and MPtrj frames holding every element of the file (all
-    85, in about 400 atoms) and a frame of over 100 atoms."""
+    """The hand-made cases and 46 MPtrj frames holding every element of the file
+    (all 85, in 325 atoms, the largest of 100)."""
     out = special_structures()
     for k, atoms in enumerate(element_cover_frames()):
         out[f"mptrj_{k:02d}_{atoms.get_chemical_formula()}"] = atoms
