@@ -86,11 +86,10 @@ def test_batched_relaxation_equals_single_ones(small_model, rattled_frames, alon
     """12 different mptrj frames (4 atoms each, rattled), positions and cells relaxed
     together and one by one: the same status, steps and structures for each (with
     random weights some cells collapse; they fail alike, with their reason)."""
-    single = alone
     with jax.enable_x64(True):
         batched = relax(small_model, rattled_frames, **SETTINGS)
     diffs, strain = [], []
-    for a, b, s in zip(rattled_frames, batched, single, strict=True):
+    for a, b, s in zip(rattled_frames, batched, alone, strict=True):
         assert b.info["relax_status"] == s.info["relax_status"], (b.info, s.info)
         assert b.info["relax_steps"] == s.info["relax_steps"]
         assert b.info.get("relax_error") == s.info.get("relax_error")
