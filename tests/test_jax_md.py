@@ -1,9 +1,10 @@
 """jax-md neighbour lists: edge sets against ASE's neighbour list on mptrj frames
 and on hard cells, energies and forces against the ASE calculator.
 
-Edge sets of 200 frames (all 1000 in the long tier) are computed in vmapped buckets
-of one padded shape (the same :func:`image_edges` the "images" method runs); the cell-list method
-(jax-md's ``partition.neighbor_list``) goes through the public interface.
+Edge sets of 200 frames (all 1000 in the long tier) are computed in vmapped
+buckets of one padded shape (the same :func:`image_edges` the "images" method
+runs); the cell-list method (jax-md's ``partition.neighbor_list``) goes through
+the public interface.
 """
 
 from __future__ import annotations
