@@ -62,11 +62,11 @@ def _speed_up_frechet(target: Any) -> None:
     ``expm`` (Higham's block form) instead of scipy's ``expm_frechet``."""
     utility = getattr(target, "_utility", None)
     if isinstance(target, FrechetCellFilter) and hasattr(utility, "expm_frechet"):
-        utility.logm = _LastLogm()
+        utility.logm = _CachedLogm()
         utility.expm_frechet = _expm_frechet_block
 
 
-class _LastLogm:
+class _CachedLogm:
     """``scipy.linalg.logm`` remembering its last few arguments and results."""
 
     def __init__(self, size: int = 4) -> None:
