@@ -31,17 +31,23 @@ def directional_fd(f, x, v, h):
     return (f(x + h * v) - f(x - h * v)) / (2 * h)
 
 
-def check_gradient(f, args: tuple, rng, h: float = 1e-5, label: str = "") -> None:
-    """grad . v against central differences along random directions, per argument."""
-    grads = jax.grad(f, argnums=tuple(range(len(args))))(*args)
-    for k, (x, g) in enumerate(zip(args, grads, strict=True)):
+def check_gradient(f, args: tuple, rng, h: float = 1e-5, label: str = "", checked=None):
+    """grad . v against central differences along random directions, for each of the
+    first ``checked`` arguments (default all; the rest may be pytrees). One compiled
+    program gives both the gradients and the differences' values; returns the
+    gradients of all arguments."""
+    value_and_grad = jax.jit(jax.value_and_grad(f, argnums=tuple(range(len(args)))))
+    _, grads = value_and_grad(*args)
+    for k in range(len(args) if checked is None else checked):
+        x, g = args[k], grads[k]
         v = jnp.asarray(rng.standard_normal(x.shape))
-        along = lambda t, k=k: f(*[t if i == k else a for i, a in enumerate(args)])  # noqa: E731
+        along = lambda t, k=k: value_and_grad(*[t if i == k else a for i, a in enumerate(args)])[0]  # noqa: E731
         fd = directional_fd(along, x, v, h)
         exact = jnp.vdot(g, v)
         assert np.isfinite(exact) and abs(exact) > 1e-3, (label, k, exact)
         rel = abs(exact - fd) / abs(exact)
         assert rel <= 1e-6, f"{label} argument {k}: grad.v {exact:.12g} vs FD {fd:.12g} ({rel:.1e})"
+    return grads
 
 
 @pytest.mark.parametrize("make", [small_cell, triclinic], ids=["cell_below_cutoff", "triclinic"])
@@ -51,7 +57,7 @@ def test_energy_gradients_match_finite_differences(small_model64, make):
     with jax.enable_x64(True):
         cap = capacity_for([atoms], small_model64.config, headroom=1.5)
         f = energy_fn(small_model64.config, cap)
-        e = jax.jit(lambda at, pos, lat: f(small_model64.params, at, pos, lat))
+        e = lambda at, pos, lat: f(small_model64.params, at, pos, lat)  # noqa: E731
         check_gradient(
             e, arrays(atoms, small_model64.config, jnp.float64), rng, label=make.__name__
         )
@@ -74,7 +80,7 @@ def test_padded_batch_gradients_match_finite_differences(small_model64):
             return jnp.sum(weights * energies(small_model64.params, graph))
 
         check_gradient(
-            jax.jit(f),
+            f,
             (g.nodes["atom_types"], g.nodes["positions"], g.globals["lattice"]),
             rng,
             label="padded batch",
@@ -92,7 +98,7 @@ def test_force_and_stress_loss_differentiates_again(small_model64):
         g = padded(structures, config, jnp.float64, n_node=8, n_graph=3)
         props = batch_properties_fn(config, cap)
 
-        def loss(at, pos, lat, params=small_model64.params):
+        def loss(at, pos, lat, params):
             graph = g._replace(
                 nodes={"atom_types": at, "positions": pos}, globals={**g.globals, "lattice": lat}
             )
@@ -101,9 +107,10 @@ def test_force_and_stress_loss_differentiates_again(small_model64):
             return jnp.sum(jnp.where(mask, out.forces, 0) ** 2) + jnp.sum(out.stress[:2] ** 2)
 
         args = (g.nodes["atom_types"], g.nodes["positions"], g.globals["lattice"])
-        check_gradient(jax.jit(loss), args, rng, label="force/stress loss")
-        grad_params = jax.jit(jax.grad(loss, argnums=3))(*args, small_model64.params)
-        leaves = jax.tree_util.tree_leaves(grad_params["params"])
+        grads = check_gradient(
+            loss, (*args, small_model64.params), rng, label="force/stress loss", checked=3
+        )
+        leaves = jax.tree_util.tree_leaves(grads[3]["params"])
         assert all(np.isfinite(x).all() for x in leaves)
         assert sum(float(jnp.abs(x).sum()) for x in leaves) > 0
 

@@ -55,10 +55,11 @@ def displaced(atoms) -> list:
 def smooth_forces(model, atoms) -> np.ndarray:
     """Forces of the function the Hessian differentiates: the model with the angle
     clamp's derivative the identity (``smooth_angles``); bit-identical to the public
-    forces unless a triplet is within 4.5e-4 rad of straight."""
+    forces unless a triplet is within 4.5e-4 rad of straight. All rows are asked
+    for, as ``hessian`` does: the displaced structures reuse its compiled program."""
     from jmattersim._src.hessian import rows_and_forces
 
-    return rows_and_forces(model, atoms, [0])[1]
+    return rows_and_forces(model, atoms, range(len(atoms)))[1]
 
 
 def central_differences(forces: np.ndarray, n: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from .phonons import (
     default_mesh,
     exact_displacement_forces,
     phonopy_atoms,
+    primitive_matrix_of,
     supercell_matrix_of,
 )
 from .runtime import release_memory
@@ -182,6 +183,7 @@ def fc3(
         matrix if phonon_supercell_matrix is None else supercell_matrix_of(phonon_supercell_matrix)
     )
     unitcell = phonopy_atoms(atoms)
+    primitive_matrix = primitive_matrix_of(unitcell, primitive_matrix, symprec)
     ph3 = Phono3py(
         unitcell,
         supercell_matrix=matrix,

@@ -53,6 +53,15 @@ def phonopy_atoms(atoms: Atoms):
     )
 
 
+def primitive_matrix_of(unitcell, primitive_matrix: Any, symprec: float):
+    """phonopy's primitive matrix (3, 3) of ``unitcell`` (``PhonopyAtoms``), with
+    ``"auto"`` resolved from its symmetry here, as phonopy would: our documented
+    default, so phonopy's warning about its own changed default does not apply."""
+    from phonopy.structure.cells import get_primitive_matrix_with_auto
+
+    return get_primitive_matrix_with_auto(unitcell, primitive_matrix, symprec=symprec)
+
+
 def ase_atoms(cell) -> Atoms:
     """phonopy's ``PhonopyAtoms`` as periodic ASE ``Atoms``."""
     return Atoms(
@@ -201,10 +210,11 @@ def phonons(
     if relax:
         atoms = _relaxed(model, atoms, relax, symprec, dtype)
     matrix = supercell_matrix_of(supercell_matrix)
+    unitcell = phonopy_atoms(atoms)
     phonon = Phonopy(
-        phonopy_atoms(atoms),
+        unitcell,
         supercell_matrix=matrix,
-        primitive_matrix=primitive_matrix,
+        primitive_matrix=primitive_matrix_of(unitcell, primitive_matrix, symprec),
         symprec=symprec,
     )
     phonon.generate_displacements(distance=AMPLITUDE)
