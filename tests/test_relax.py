@@ -9,13 +9,13 @@ upstream elsewhere).
 
 from __future__ import annotations
 
+import warnings
+
 import ase.io
 import jax
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.filters import FrechetCellFilter
-from ase.optimize import FIRE
 from ase.units import GPa
 
 import jmattersim
@@ -46,20 +46,52 @@ def test_rattled_strained_si_relaxes(small_model):
     assert out.get_potential_energy() < start.get_potential_energy()
 
 
-def test_relaxation_follows_ase_fire_with_the_calculator(small_model):
-    """The batched driver takes the steps ASE's FIRE + FrechetCellFilter takes when
-    driven by the ASE calculator (float64: the same trajectory)."""
+@pytest.mark.parametrize("pressure_gpa", [0.0, 0.2])
+def test_relaxation_follows_upstreams_relaxer_with_the_calculator(small_model, pressure_gpa):
+    """The batched driver takes the steps of upstream's ``Relaxer.relax_structures``
+    (ASE's FIRE + FrechetCellFilter, its ``pressure_in_GPa``) driven by the ASE
+    calculator (float64: the same trajectory), without and with a pressure."""
+    upstream = pytest.importorskip("mattersim.applications.relax")
     atoms = bulk("Si", "diamond", 5.43, cubic=True)
     atoms.rattle(0.05, seed=4)
     with jax.enable_x64(True):
-        ours = relax(small_model, atoms, fmax=0.01, max_steps=60)
+        ours = relax(small_model, atoms, fmax=0.01, max_steps=60, pressure_gpa=pressure_gpa)
         ref = atoms.copy()
         ref.calc = jmattersim.MatterSimCalculator(small_model)
-        opt = FIRE(FrechetCellFilter(ref), logfile=None)
-        opt.run(fmax=0.01, steps=60)
-    assert ours.info["relax_steps"] == opt.nsteps
+        with warnings.catch_warnings():  # deprecated upstream for its CLI, the same code
+            warnings.simplefilter("ignore", DeprecationWarning)
+            converged, ref = upstream.Relaxer.relax_structures(
+                ref,
+                optimizer="FIRE",
+                filter="FrechetCellFilter",
+                constrain_symmetry=False,
+                pressure_in_GPa=pressure_gpa,
+                steps=60,
+                fmax=0.01,
+                verbose=False,
+            )
+    assert ours.info["relax_converged"] == converged
+    assert ours.info["relax_pressure_gpa"] == pressure_gpa
     np.testing.assert_allclose(ours.positions, ref.positions, atol=1e-8)
     np.testing.assert_allclose(ours.cell.array, ref.cell.array, atol=1e-8)
+
+
+def test_a_pressure_per_structure_is_met(small_model):
+    """Diamond Si at the small model's zero-stress lattice constant (test_elastic),
+    relaxed together at 0 and 0.3 GPa: both converge, the second to a smaller cell
+    whose stress (the calculator's) is -0.3 GPa on the diagonal within smax."""
+    si = bulk("Si", "diamond", 5.505583239513245)
+    free, squeezed = relax(
+        small_model, [si, si], fmax=1e-3, smax=2e-3, max_steps=1000, pressure_gpa=[0.0, 0.3]
+    )
+    for out, p in ((free, 0.0), (squeezed, 0.3)):
+        assert out.info["relax_status"] == "converged", out.info
+        ref = out.copy()
+        ref.calc = jmattersim.MatterSimCalculator(small_model)
+        deviation = ref.get_stress(voigt=False) / GPa + p * np.eye(3)
+        assert np.abs(deviation).max() < 2e-3, (p, deviation)
+    assert squeezed.get_volume() < 0.97 * free.get_volume()
+    print(f"\nSi at 0.3 GPa: {squeezed.get_volume() / free.get_volume():.3f} of its volume")
 
 
 SETTINGS = dict(fmax=0.01, smax=0.02, max_steps=400)
@@ -126,3 +158,7 @@ def test_relax_rejects_bad_input_naming_it(model):
     close.positions[1] = close.positions[0] + [0.2, 0.2, 0.2]
     with pytest.raises(InvalidStructureError, match=r"structure 1 \(Si2\): atoms 0 and 1"):
         jmattersim.relax(model, [small_cell(), close])
+    with pytest.raises(ValueError, match=r"one pressure or one per structure \(2\), not 3"):
+        jmattersim.relax(model, [small_cell(), small_cell()], pressure_gpa=[0, 1, 2])
+    with pytest.raises(ValueError, match="pressure needs relax_cell=True"):
+        jmattersim.relax(model, small_cell(), pressure_gpa=1.0, relax_cell=False)

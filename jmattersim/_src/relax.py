@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.filters import ExpCellFilter, FrechetCellFilter
 from ase.optimize import BFGS, FIRE, LBFGS
+from ase.units import GPa
 
 from . import engine
 from .checkpoint import Model
@@ -37,10 +38,22 @@ STATUSES = ("converged", "not converged", "failed")
 class _Run:
     """One structure's relaxation: its atoms, optimiser and state."""
 
-    def __init__(self, atoms: Atoms, label: str, optimizer, cell_filter, kwargs: dict, fmax: float):
+    def __init__(
+        self,
+        atoms: Atoms,
+        label: str,
+        optimizer,
+        cell_filter,
+        kwargs: dict,
+        fmax: float,
+        pressure_gpa: float = 0.0,
+    ):
         self.atoms = atoms
         self.label = label
-        self.target = cell_filter(atoms) if cell_filter is not None else atoms
+        self.pressure_gpa = pressure_gpa
+        # the pressure only where one is asked for: any filter class may be passed
+        pressure = {"scalar_pressure": pressure_gpa * GPa} if pressure_gpa else {}
+        self.target = cell_filter(atoms, **pressure) if cell_filter is not None else atoms
         _speed_up_frechet(self.target)
         self.opt = optimizer(self.target, logfile=None, **kwargs)
         self.opt.fmax = fmax
@@ -106,6 +119,7 @@ def relax(
     max_edge_growth: float = 8.0,
     dtype=None,
     progress: bool = False,
+    pressure_gpa: float | Sequence[float] = 0.0,
 ) -> Atoms | list[Atoms]:
     """Relaxes one structure or many together, with ASE's optimisers and cell filters.
 
@@ -121,7 +135,8 @@ def relax(
         fmax: eV/Å, the optimiser's convergence criterion (with a cell filter it
             applies to the filter's generalised forces, as in ASE and upstream's
             ``BatchRelaxer``).
-        smax: GPa; if given, also require every stress component below it.
+        smax: GPa; if given, also require every component of the stress's
+            deviation from the target (``stress + pressure_gpa * I``) below it.
         max_steps: optimiser steps per structure.
         relax_cell: relax the cell too (periodic structures only).
         optimizer: "FIRE", "BFGS", "LBFGS" or an ASE ``Optimizer`` class.
@@ -133,19 +148,24 @@ def relax(
         dtype (numpy dtype or None): float32 or float64 (default: float64 under
             x64, float32 otherwise).
         progress: show a progress bar (tqdm).
+        pressure_gpa: GPa, the external hydrostatic pressure (one for all, or one
+            per structure): the cell filter minimises the enthalpy E + pV, as
+            upstream's ``pressure_in_GPa`` (ASE's ``scalar_pressure``, in eV/Å³
+            there). Needs ``relax_cell``.
 
     Returns:
         Relaxed copies (one ``Atoms`` for one, a list for a sequence). Each
         carries a single-point calculator (energy eV, forces (N, 3) eV/Å,
         stress eV/Å³ at the last evaluated geometry) and ``info["relax_status"]``
         ("converged", "not converged" or "failed"), ``info["relax_converged"]``,
-        ``info["relax_steps"]`` and, when failed, ``info["relax_error"]`` (the
-        reason).
+        ``info["relax_steps"]``, ``info["relax_pressure_gpa"]`` and, when
+        failed, ``info["relax_error"]`` (the reason).
 
     Raises:
         InvalidStructureError: a starting structure is unfit for the model.
         ValueError: ``relax_cell`` with a structure that is not periodic in all
-            three directions.
+            three directions; a pressure without ``relax_cell``; as many
+            pressures as structures not given.
     """
     single = isinstance(atoms, Atoms)
     structures = [atoms] if single else list(atoms)
@@ -159,6 +179,7 @@ def relax(
             "relaxing the cell needs periodic structures (pbc all True); "
             "pass relax_cell=False for molecules and slabs"
         )
+    pressures = _pressures(pressure_gpa, len(structures), relax_cell)
     runs = [
         _Run(
             a.copy(),
@@ -167,6 +188,7 @@ def relax(
             cell_filter if relax_cell else None,
             optimizer_kwargs or {},
             fmax,
+            pressures[k],
         )
         for k, a in enumerate(structures)
     ]
@@ -187,11 +209,26 @@ def relax(
             relax_status=run.status,
             relax_converged=run.status == "converged",
             relax_steps=int(run.opt.nsteps),
+            relax_pressure_gpa=run.pressure_gpa,
         )
         if run.reason:
             run.atoms.info["relax_error"] = run.reason
         out.append(run.atoms)
     return out[0] if single else out
+
+
+def _pressures(pressure_gpa: float | Sequence[float], count: int, relax_cell: bool) -> list:
+    """One external pressure (GPa) per structure, checked."""
+    given = np.asarray(pressure_gpa, dtype=float).reshape(-1)
+    if given.size not in (1, count):
+        raise ValueError(
+            f"pressure_gpa: one pressure or one per structure ({count}), not {given.size}"
+        )
+    if not np.all(np.isfinite(given)):
+        raise ValueError(f"pressure_gpa must be finite, not {pressure_gpa}")
+    if not relax_cell and np.any(given != 0):
+        raise ValueError("an external pressure needs relax_cell=True (the cell carries it)")
+    return np.broadcast_to(given, (count,)).tolist()
 
 
 def _step(
@@ -241,7 +278,8 @@ def _step(
         )
         done = run.opt.gradient_converged(run.opt.optimizable.get_gradient())
         if done and smax is not None:
-            done = float(np.abs(out.stress).max()) * EV_PER_A3_TO_GPA < smax
+            target = -run.pressure_gpa * np.eye(3)
+            done = float(np.abs(out.stress * EV_PER_A3_TO_GPA - target).max()) < smax
         if done:
             run.status = "converged"
         elif run.opt.nsteps < max_steps:
