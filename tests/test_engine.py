@@ -209,3 +209,38 @@ def test_no_module_imports_one_that_imports_it_back():
             visit(name, [])
     assert "jmattersim._src.engine" in graph["jmattersim"]
     assert graph["jmattersim._src.geometry"] == set()
+
+
+@pytest.mark.fast
+def test_one_progress_bar_for_every_long_job(capsys):
+    """relax, md, predict_file and train show tqdm's bar through one helper (the only
+    module that imports tqdm); without progress it shows nothing."""
+    from jmattersim._src.progress import progress_bar
+
+    users = sorted(
+        p.name
+        for p in PACKAGE.rglob("*.py")
+        if "tqdm" in _imports_of(p) and p.name != "progress.py"
+    )
+    assert users == [], f"tqdm imported outside progress.py: {users}"
+    bar = progress_bar(True, total=3, unit="step", desc="md", mininterval=0)
+    bar.update(3)
+    bar.set_postfix(loss="0.1")
+    bar.close()
+    assert "md: 100%" in capsys.readouterr().err
+    quiet = progress_bar(False, total=3)
+    quiet.update(3)
+    quiet.set_postfix(loss="0.1")
+    quiet.close()
+    assert capsys.readouterr() == ("", "")
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports, at any depth of its code."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names

@@ -24,13 +24,7 @@ from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, batch_energy_of
-from .hessian import (
-    DEFAULT_TANGENTS,
-    MEMORY_BUDGET,
-    REMAT,
-    _available_memory,
-    compiled_with_memory,
-)
+from .hessian import DEFAULT_TANGENTS, REMAT, compiled_with_memory, fitting_call, memory_budget
 from .minimum import warn_if_not_at_minimum
 from .padding import counts_of, pad, tight_budget
 from .runtime import release_memory
@@ -175,29 +169,13 @@ def _compiled(config: M3GNetConfig, args: tuple, rows: int):
     return compiled_with_memory(config, _jvps, abstract)
 
 
-def _memory_budget() -> float:
-    return min(MEMORY_BUDGET, 0.8 * _available_memory())
-
-
 def _first_guess(config: M3GNetConfig, graph, needed: int, dtype) -> int:
     """Tangents per call from the graph's size (the Hessian's estimate, about 5 stored
     values per edge or triplet, unit and tangent): at most ``needed`` and
     DEFAULT_TANGENTS + 6."""
     per_row = 5 * (graph.n_edge + graph.n_triplet) * config.units * np.dtype(dtype).itemsize
     cap = min(needed, DEFAULT_TANGENTS + 6)
-    return int(np.clip(_memory_budget() // max(per_row, 1), 1, cap))
-
-
-def _rows_per_call(config: M3GNetConfig, rows: int, args: tuple):
-    """Tangents per compiled call and the call: ``rows``, fewer where XLA's memory
-    analysis of the compiled call says it needs more than MEMORY_BUDGET (or 80 % of
-    the available memory)."""
-    budget = _memory_budget()
-    while True:
-        fn, need = _compiled(config, args, rows)
-        if need <= budget or rows == 1:
-            return rows, fn
-        rows = max(1, min(rows - 1, int(rows * budget / need)))
+    return int(np.clip(memory_budget() // max(per_row, 1), 1, cap))
 
 
 def _derivatives(model: Model, graph, dtype, relaxed_ions: bool):
@@ -214,7 +192,7 @@ def _derivatives(model: Model, graph, dtype, relaxed_ions: bool):
     if not relaxed_ions and rows < total:
         total = 6  # the Hessian is not needed and would take more calls
         rows = min(rows, total)
-    rows, fn = _rows_per_call(config, rows, args)
+    rows, fn = fitting_call(lambda size: _compiled(config, args, size), rows)
     basis = np.eye(total, 3 * n + 6, dtype=dtype)  # row k: unit tangent k (strains first)
     d_grad = np.empty((total, 3 * n), dtype)
     d_stress = np.empty((total, 6), dtype)

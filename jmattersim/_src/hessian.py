@@ -90,6 +90,24 @@ def _compiled(config: M3GNetConfig, args: tuple, chunk: int, dtype):
     return compiled_with_memory(config, _columns, abstract)
 
 
+def memory_budget() -> float:
+    """Bytes one compiled call may use: MEMORY_BUDGET, or 80 % of the available
+    memory where that is less."""
+    return min(MEMORY_BUDGET, 0.8 * _available_memory())
+
+
+def fitting_call(compile_for, size: int) -> tuple[int, object]:
+    """(size, compiled call) for the largest ``size`` at most the given one whose
+    call fits :func:`memory_budget` by XLA's memory analysis (``compile_for(size)``
+    returns the call and the bytes it needs), or 1."""
+    budget = memory_budget()
+    while True:
+        fn, need = compile_for(size)
+        if need <= budget or size == 1:
+            return size, fn
+        size = max(1, min(size - 1, int(size * budget / need)))
+
+
 def _available_memory() -> int:
     """Bytes of memory available to this process now (Linux), else a large number."""
     try:
@@ -190,14 +208,10 @@ def _default_chunk(config: M3GNetConfig, graph, rows: int, args: tuple, dtype):
     MEMORY_BUDGET (or 80 % of the available memory). A first guess from the graph's
     size (about 15 stored values per edge or triplet and unit, per atom of the chunk,
     measured on the 1M model), then XLA's memory analysis of the compiled call."""
-    budget = min(MEMORY_BUDGET, 0.8 * _available_memory())
     per_atom = 15 * (graph.n_edge + graph.n_triplet) * config.units * np.dtype(dtype).itemsize
-    chunk = int(np.clip(budget // max(per_atom, 1), 1, min(DEFAULT_TANGENTS // 3, max(rows, 1))))
-    while True:
-        fn, need = _compiled(config, args, chunk, dtype)
-        if need <= budget or chunk == 1:
-            return chunk, fn
-        chunk = max(1, min(chunk - 1, int(chunk * budget / need)))
+    cap = min(DEFAULT_TANGENTS // 3, max(rows, 1))
+    chunk = int(np.clip(memory_budget() // max(per_atom, 1), 1, cap))
+    return fitting_call(lambda size: _compiled(config, args, size, dtype), chunk)
 
 
 def hessian(

@@ -26,6 +26,7 @@ from jax_md import quantity, simulate, space
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
 from .jax_md import atoms_to_jax_md, mattersim_neighbor_list
+from .progress import progress_bar
 
 ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")
 """The ensembles [`md`][jmattersim.jax_md.md] runs, by the names of jax-md's integrators."""
@@ -224,7 +225,7 @@ def md(
     if trajectory:
         ase.io.write(trajectory, _frame(atoms, state, box_of(state), log[-1][0]))
     n_chunks = math.ceil(steps / chunk)
-    bar = _progress(n_chunks * chunk, progress)
+    bar = progress_bar(progress, total=n_chunks * chunk, unit="step")
     for _ in range(n_chunks):
         while True:
             (new_state, new_nbrs), obs = run_chunk(state, nbrs)
@@ -272,21 +273,3 @@ def _frame(atoms: Atoms, state: Any, box, energy: float) -> Atoms:
         frame, energy=float(energy), forces=np.asarray(state.force, float)
     )
     return frame
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional
-        return _NoBar()
-    return tqdm(total=total, unit="step")

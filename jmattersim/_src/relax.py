@@ -28,6 +28,7 @@ from ase.units import GPa
 from . import engine
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
+from .progress import progress_bar
 from .validate import InvalidStructureError, check_structures, checked_graph, structure_label
 
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}  # by upper-case name
@@ -193,7 +194,7 @@ def relax(
         for k, a in enumerate(structures)
     ]
     active = list(runs)
-    bar = _progress(len(runs), progress)
+    bar = progress_bar(progress, total=len(runs), unit="structure", desc="relax")
     with warnings.catch_warnings():  # FrechetCellFilter's logm of a nearly exact matrix
         warnings.filterwarnings("ignore", "logm result may be inaccurate")
         while active:
@@ -287,19 +288,3 @@ def _step(
             run.opt.nsteps += 1
             still.append(run)
     return still
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="structure", desc="relax")

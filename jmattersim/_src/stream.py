@@ -28,6 +28,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from . import engine
 from .checkpoint import Model
 from .committee import Committee, params_digest
+from .progress import progress_bar
 from .validate import checked_graph, structure_label
 
 CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top budget
@@ -131,11 +132,7 @@ def predict_file(
     state_file = progress_file(out)
     ident = _source_id(src, chunk, model)
     done, offset = resume_point(model, src, out, chunk) if resume else (0, 0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(initial=done, unit="frame", desc=src.name)
+    bar = progress_bar(progress, initial=done, unit="frame", desc=src.name)
     with open(out, "r+b" if offset else "wb") as f:
         f.truncate(offset)
         f.seek(offset)
@@ -159,9 +156,7 @@ def predict_file(
             tmp = state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({**ident, "frames": done, "bytes": offset}))
             os.replace(tmp, state_file)
-            if bar is not None:
-                bar.update(len(batch))
+            bar.update(len(batch))
             yield done
-    if bar is not None:
-        bar.close()
+    bar.close()
     state_file.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ from .dataset import LabelledFrame, read_frames
 from .loss import LossSettings, Metrics, pad_labels
 from .normalize import refit_normalizer
 from .padding import BatchBudget, Counts, counts_of, pad
+from .progress import progress_bar
 from .train_step import (
     OptimSettings,
     compiled_eval,
@@ -548,16 +549,13 @@ def train(
             run.restore(_restore(manager, run.tree()))
             if (out / "metrics.csv").is_file():
                 history = [r for r in read_metrics(out) if r["epoch"] <= run.epoch]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=settings.epochs * run.steps_per_epoch,
-            initial=(run.epoch + 1) * run.steps_per_epoch,
-            unit="batch",
-            desc="fine-tuning",
-        )
+    bar = progress_bar(
+        progress,
+        total=settings.epochs * run.steps_per_epoch,
+        initial=(run.epoch + 1) * run.steps_per_epoch,
+        unit="batch",
+        desc="fine-tuning",
+    )
     stopped = run.epoch >= 0 and run.should_stop(run.epoch)  # a finished run stays finished
     done_now = 0
     source = {**model.source, "fine_tuned": True}
@@ -581,11 +579,10 @@ def train(
                     "seconds": round(seconds, 3),
                 }
             )
-        if bar is not None:
-            bar.set_postfix(
-                train=f"{np.mean([t['loss'] for t in train_metrics]):.4g}",
-                val=f"{np.mean([v['loss'] for v in val_metrics]):.4g}",
-            )
+        bar.set_postfix(
+            train=f"{np.mean([t['loss'] for t in train_metrics]):.4g}",
+            val=f"{np.mean([v['loss'] for v in val_metrics]):.4g}",
+        )
         if out is not None:
             if improved:
                 _save_best(run.best_model(source), out / "best_model")
@@ -596,8 +593,7 @@ def train(
         if run.should_stop(epoch):
             stopped = True
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     if manager is not None:
         manager.close()
     return TrainResult(run.best_model(source), history, out, run.epoch + 1, stopped)
