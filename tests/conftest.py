@@ -7,7 +7,10 @@ share a few shapes.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import ase.io
@@ -115,6 +118,26 @@ def arrays(atoms: Atoms, config, dtype=None):
         jnp.asarray(atoms.positions, dtype),
         jnp.asarray(atoms.cell.array, dtype),
     )
+
+
+@contextlib.contextmanager
+def traces() -> Iterator[collections.Counter]:
+    """Counts the top-level traces of jitted functions inside the block, by function
+    name (each is a compilation or a read of the persistent compile cache), from
+    JAX's monitoring events: no counter lives in the package."""
+    import jax.monitoring
+
+    counts: collections.Counter = collections.Counter()
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            counts[kwargs.get("fun_name")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def padded(structures: list[Atoms], config, dtype, n_node: int, n_graph: int):

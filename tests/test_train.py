@@ -18,7 +18,7 @@ import jmattersim
 from jmattersim._src import train_step
 from jmattersim._src.dataset import InvalidLabelError, read_frames
 
-from conftest import MPTRJ
+from conftest import MPTRJ, traces
 
 FRAMES = ase.io.read(MPTRJ, index=":40")
 TRAIN, VALID = FRAMES[:24], FRAMES[24:32]
@@ -129,10 +129,10 @@ def committee_run(model, tmp_path_factory):
     settings and seeds 41, 42, 43 (member 1 has that run's seed, 42, the default):
     (its result, the traces it added)."""
     train_step.compiled_step.cache_clear()
-    before = len(train_step.TRACES)
     out = tmp_path_factory.mktemp("committee") / "c"
-    result = jmattersim.train(model, TRAIN, VALID, committee=3, seed=41, out=out, **RUN)
-    return result, len(train_step.TRACES) - before
+    with traces() as counts:
+        result = jmattersim.train(model, TRAIN, VALID, committee=3, seed=41, out=out, **RUN)
+    return result, counts["train_step"]
 
 
 def test_committee_member_equals_a_single_run_in_one_compiled_step(uninterrupted, committee_run):

@@ -162,15 +162,8 @@ def _cost(
 # --------------------------------------------------------------------------- compiled
 
 
-_TRACES: list[tuple] = []
-_COMMITTEE_TRACES: list[tuple] = []
 _RECORDERS: list[set] = []
 _STATIC = ("config", "derivatives", "within_cutoffs", "soft_normalize")
-
-
-def _trace_key(config: M3GNetConfig, batch, derivatives: bool) -> tuple:
-    g = batch.graph
-    return (config, tuple(g.n_node.shape), g.senders.shape, batch.triplets.shape, derivatives)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -184,7 +177,6 @@ def predict_batch(
 ) -> Predictions:
     """:func:`jmattersim._src.energy.predict` (or energies only, without ``derivatives``),
     compiled once per config, budget and dtype."""
-    _TRACES.append(_trace_key(config, batch, derivatives))
     return _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 
 
@@ -200,7 +192,6 @@ def predict_committee(
     """:func:`predict_batch` of every member (``params`` stacked along a leading
     member axis), vmapped: (member mean, population standard deviation), compiled
     once per config, budget, dtype and committee size."""
-    _COMMITTEE_TRACES.append(_trace_key(config, batch, derivatives))
     return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 
 
@@ -250,17 +241,6 @@ def _structure(part: Predictions, i: int, start: int, n: int) -> tuple:
     return float(part.energy[i]), forces, stress
 
 
-def trace_count() -> int:
-    """How many times :func:`predict_batch` was traced in this process (once per
-    shape it compiled or read from the persistent cache)."""
-    return len(_TRACES)
-
-
-def committee_trace_count() -> int:
-    """How many times :func:`predict_committee` was traced in this process."""
-    return len(_COMMITTEE_TRACES)
-
-
 @contextlib.contextmanager
 def recording() -> Iterator[set]:
     """Collects the (config, budget, dtype, derivatives, soft_normalize) keys that
@@ -285,7 +265,6 @@ def _sharded_predict(
 ):
     def fn(params, batch):
         if committee:
-            _COMMITTEE_TRACES.append(_trace_key(config, batch, derivatives))
             return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
         return predict_batch(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 

@@ -25,7 +25,6 @@ from .loss import Labels, LossSettings, Metrics, batch_loss
 from .padding import Batch
 
 Params = Any
-TRACES: list[tuple] = []  # one entry per trace of the step (i.e. per compilation)
 
 
 # ------------------------------------------------------------------ parameter split
@@ -165,7 +164,6 @@ def train_step(
     labels: Labels,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on one batch: gradient, clip, Adam, EMA."""
-    TRACES.append((config, batch.graph.senders.shape, batch.triplets.shape))
 
     def objective(trainable):
         m = loss_fn(config, settings, trainable, frozen, batch, labels, remat)
