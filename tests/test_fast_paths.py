@@ -131,7 +131,7 @@ def force_stress_loss_grad(graphs, params, **options):
     """Gradient in positions, lattice and atom types of sum |F|^2 + sum |stress|^2."""
     batch = pad(graphs, tight_budget(total_counts(graphs)), CONFIG, np.float64)
     g = batch.graph
-    topo = energy_module.batch_topology(batch)
+    topo = batch.topology
     real = np.arange(g.n_node.shape[0]) < len(graphs)
     model = functools.partial(M3GNet, **options)
 

@@ -71,11 +71,14 @@ def test_edges_equal_ase_neighbor_list(key):
     # the graph's positions are upstream's (wrapped into the cell; a molecule in its box)
     same = Atoms(numbers=g.numbers, positions=g.positions, cell=g.cell, pbc=g.pbc)
     i, j, shifts = ase_neighbor_list("ijS", same, CONFIG.cutoff)
-    ours = edge_set(g.senders, g.receivers, g.shifts)
+    ours = edge_set(g.topology.senders, g.topology.receivers, g.topology.shifts)
     assert len(ours) == g.n_edge, "an edge listed twice"
     assert ours == edge_set(i, j, shifts), key
     d = np.linalg.norm(
-        g.positions[g.senders] - g.positions[g.receivers] - g.shifts @ g.cell, axis=1
+        g.positions[g.topology.senders]
+        - g.positions[g.topology.receivers]
+        - g.topology.shifts @ g.cell,
+        axis=1,
     )
     np.testing.assert_allclose(g.distances, d, atol=1e-9)
     assert (g.distances < CONFIG.cutoff).all() and (g.distances > 0).all()
@@ -85,12 +88,12 @@ def test_edges_equal_ase_neighbor_list(key):
 def test_triplets_are_every_ordered_pair_of_short_bonds_of_a_centre(key):
     g = structure_graph(CASES[key], CONFIG)
     short = g.distances <= CONFIG.threebody_cutoff
-    per_atom = np.bincount(g.senders[short], minlength=g.n_node)
+    per_atom = np.bincount(g.topology.senders[short], minlength=g.n_node)
     assert g.n_triplet == int((per_atom * (per_atom - 1)).sum())
-    ij, ik = g.triplets.T
-    assert (ij != ik).all() and (g.senders[ij] == g.senders[ik]).all()
+    ij, ik = g.topology.triplets.T
+    assert (ij != ik).all() and (g.topology.senders[ij] == g.topology.senders[ik]).all()
     assert short[ij].all() and short[ik].all()
-    assert len({(int(a), int(b)) for a, b in g.triplets}) == g.n_triplet
+    assert len({(int(a), int(b)) for a, b in g.topology.triplets}) == g.n_triplet
 
 
 @pytest.mark.parametrize("key", ["si_diamond", "triclinic_oxide", "random_3"])
@@ -105,7 +108,7 @@ def test_in_jit_topology_equals_host_graph(key):
     m = np.asarray(topo.edge_mask)
     s, r = np.asarray(topo.senders)[m], np.asarray(topo.receivers)[m]
     assert edge_set(s, r, np.asarray(topo.shifts)[m]) == edge_set(
-        g.senders, g.receivers, g.shifts
+        g.topology.senders, g.topology.receivers, g.topology.shifts
     ), key
     assert int(np.asarray(topo.triplet_mask).sum()) == g.n_triplet
 
@@ -146,8 +149,8 @@ def test_pad_follows_jraph_and_keeps_padding_apart():
     assert gt.n_node[3] == 5 and gt.n_node[4] == 0  # jraph: the first padding graph holds them
     real = total.edges
     assert (gt.senders[real:] == total.nodes).all() and (gt.receivers[real:] == total.nodes).all()
-    assert batch.triplet_mask.sum() == total.triplets
-    assert (batch.triplets[total.triplets :] == real).all()
+    assert batch.topology.triplet_mask.sum() == total.triplets
+    assert (batch.topology.triplets[total.triplets :] == real).all()
     np.testing.assert_array_equal(gt.globals["lattice"][3], np.eye(3))  # never singular
     # every real edge stays within its own graph
     graph_of_node = np.repeat(np.arange(5), gt.n_node)

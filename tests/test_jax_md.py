@@ -94,11 +94,11 @@ def reference_keys(atoms: Atoms, cutoff: float = CUTOFF) -> np.ndarray:
 
 
 def list_keys(nbrs: MatterSimNeighborList, n_atoms: int) -> np.ndarray:
-    m = np.asarray(nbrs.edge_mask)
+    m = np.asarray(nbrs.topology.edge_mask)
     return edge_keys(
-        np.asarray(nbrs.senders)[m],
-        np.asarray(nbrs.receivers)[m],
-        np.asarray(nbrs.shifts)[m],
+        np.asarray(nbrs.topology.senders)[m],
+        np.asarray(nbrs.topology.receivers)[m],
+        np.asarray(nbrs.topology.shifts)[m],
         n_atoms,
     )
 
@@ -187,10 +187,10 @@ def check_list_against_reference(atoms: Atoms, nbrs: MatterSimNeighborList, conf
     # exact: integer edge keys and triplet sets, not floats
     np.testing.assert_array_equal(list_keys(nbrs, n), reference_keys(atoms))
     g = structure_graph(atoms, config)
-    ours = edge_codes(nbrs.senders, nbrs.receivers, nbrs.shifts, n)
-    t = np.asarray(nbrs.triplets)[np.asarray(nbrs.triplet_mask)]
-    ref = edge_codes(g.senders, g.receivers, g.shifts, n)
-    np.testing.assert_array_equal(triplet_set(ours, t), triplet_set(ref, g.triplets))
+    ours = edge_codes(nbrs.topology.senders, nbrs.topology.receivers, nbrs.topology.shifts, n)
+    t = np.asarray(nbrs.topology.triplets)[np.asarray(nbrs.topology.triplet_mask)]
+    ref = edge_codes(g.topology.senders, g.topology.receivers, g.topology.shifts, n)
+    np.testing.assert_array_equal(triplet_set(ours, t), triplet_set(ref, g.topology.triplets))
 
 
 def cell_list_structures(frames) -> dict[str, Atoms]:
@@ -315,7 +315,7 @@ def test_energy_forces_match_calculator_on_mptrj(frames, model):
         max_triplets = max(g.n_triplet for g in graphs) + 8
         max_k = (
             max(
-                int(np.bincount(g.senders[np.unique(g.triplets[:, 0])]).max())
+                int(np.bincount(g.topology.senders[np.unique(g.topology.triplets[:, 0])]).max())
                 for g in graphs
                 if g.n_triplet
             )
@@ -324,7 +324,7 @@ def test_energy_forces_match_calculator_on_mptrj(frames, model):
         pos, boxes, types, mask, nbrs = _batched_lists(
             group, size, images, max_edges, max_k, max_triplets, skin
         )
-        assert not np.asarray(nbrs.error).any()
+        assert not np.asarray(nbrs.did_buffer_overflow).any()
         n_real = jnp.asarray([len(a) for a in group])
 
         def energy(R, box, species, nb, n):

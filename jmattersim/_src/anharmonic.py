@@ -27,7 +27,7 @@ from ase import Atoms
 from .arrays import default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
-from .hessian import _energy_of_positions
+from .hessian import gradient_in_positions
 from .minimum import warn_residual
 from .padding import counts_of, pad, tight_budget
 from .phonons import (
@@ -54,7 +54,7 @@ def _mixed_fn(config: M3GNetConfig, n_real: int):
     derivative of the Hessian-vector product H(x) u1 along each u2_t."""
 
     def mixed(params, batch, x, u1, second):
-        grad = jax.grad(_energy_of_positions(config, params, batch, n_real))
+        grad = gradient_in_positions(config, params, batch, n_real)
 
         def hvp(y):
             return jax.jvp(grad, (y,), (u1,))[1]

@@ -34,11 +34,12 @@ from . import engine
 from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies
+from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies, forces_and_stress
 from .geometry import periodic_cell
 from .graph import StructureGraph, graph_of
-from .neighbors import Topology, TopologyCapacity, bucket_up
+from .neighbors import TopologyCapacity, bucket_up
 from .padding import BatchBudget, pad, tight_budget, total_counts
+from .topology import Topology
 from .validate import check_arrays, structure_label
 
 
@@ -172,13 +173,8 @@ class NeighborList(NamedTuple):
     batch to them.
 
     Attributes:
-        senders: (E,) int32 index of atom i of each edge (i, j, n).
-        receivers: (E,) int32 index of atom j.
-        shifts: (E, 3) integer image n (stored as floats); the edge vector is
-            ``r_i - (r_j + n @ lattice)``.
-        edge_mask: (E,) bool, False for padding edges.
-        triplets: (T, 2) int32 edge indices (ij, ik) of each triplet.
-        triplet_mask: (T,) bool, False for padding triplets.
+        topology: the batch's :class:`~jmattersim._src.topology.Topology`
+            (edges, image shifts, triplets and their masks), padded to the budget.
         reference_positions: (N, 3) Å, the positions the list was built at
             (padded like the batch).
         reference_lattice: (G, 3, 3) Å, rows are lattice vectors, the lattices
@@ -186,12 +182,7 @@ class NeighborList(NamedTuple):
         skin: () Å added to both cutoffs when the list was built.
     """
 
-    senders: Array
-    receivers: Array
-    shifts: Array
-    edge_mask: Array
-    triplets: Array
-    triplet_mask: Array
+    topology: Topology
     reference_positions: Array
     reference_lattice: Array
     skin: Array
@@ -202,8 +193,8 @@ class NeighborList(NamedTuple):
         graphs) the list is padded to."""
         return BatchBudget(
             self.reference_positions.shape[0],
-            self.senders.shape[0],
-            self.triplets.shape[0],
+            self.topology.n_edge,
+            self.topology.n_triplet,
             self.reference_lattice.shape[0],
         )
 
@@ -262,12 +253,7 @@ def neighbor_list(
     batch = pad(graphs, budget, config, dtype)
     g = batch.graph
     return NeighborList(
-        senders=g.senders,
-        receivers=g.receivers,
-        shifts=g.edges["shifts"],
-        edge_mask=np.arange(budget.edges) < total.edges,
-        triplets=batch.triplets,
-        triplet_mask=batch.triplet_mask,
+        topology=batch.topology,
         reference_positions=g.nodes["positions"],
         reference_lattice=g.globals["lattice"],
         skin=np.asarray(skin, dtype),
@@ -291,7 +277,7 @@ def neighbors_stale(nbrs: NeighborList, positions: Array, lattice: Array) -> Arr
     moved = jnp.max(jnp.linalg.norm(positions - nbrs.reference_positions, axis=-1))
     # |n @ dL| <= |n| |dL|_2, bounded over all edges and graphs
     strained = jnp.max(jnp.linalg.norm(lattice - nbrs.reference_lattice, ord=2, axis=(1, 2)))
-    reach = jnp.max(jnp.linalg.norm(nbrs.shifts, axis=-1))
+    reach = jnp.max(jnp.linalg.norm(nbrs.topology.shifts, axis=-1))
     return 2 * moved + strained * reach > nbrs.skin
 
 
@@ -536,15 +522,7 @@ def _with_neighbors(
     )
     real = jraph.get_graph_padding_mask(graph._replace(n_node=jnp.asarray(graph.n_node)))
     lat = graph.globals["lattice"]
-    topo = Topology(
-        nbrs.senders,
-        nbrs.receivers,
-        jnp.asarray(nbrs.shifts, dtype),
-        nbrs.edge_mask,
-        nbrs.triplets,
-        nbrs.triplet_mask,
-        jnp.asarray(False),
-    )
+    topo = nbrs.topology._replace(shifts=jnp.asarray(nbrs.topology.shifts, dtype))
     params = model.astype(dtype).params
 
     def energy_of(pos, strain=None):
@@ -565,13 +543,4 @@ def _with_neighbors(
     stale = neighbors_stale(nbrs, graph.nodes["positions"], lat)
     if not derivatives:
         return Predictions(energy_of(graph.nodes["positions"]), None, None), stale
-
-    def total(pos, strain):
-        e = energy_of(pos, strain)
-        return jnp.sum(e), e
-
-    (_, e), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
-        graph.nodes["positions"], jnp.zeros_like(lat)
-    )
-    volume = jnp.abs(jnp.linalg.det(lat))
-    return Predictions(e, -de_dr, de_deps / volume[:, None, None]), stale
+    return forces_and_stress(energy_of, graph.nodes["positions"], lat, real), stale

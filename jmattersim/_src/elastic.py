@@ -17,13 +17,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 from ase import Atoms
 
 from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, batch_energy_of
+from .energy import EV_PER_A3_TO_GPA, batch_energy_of, forces_and_stress
 from .hessian import DEFAULT_TANGENTS, REMAT, compiled_with_memory, fitting_call, memory_budget
 from .minimum import warn_if_not_at_minimum
 from .padding import counts_of, pad, tight_budget
@@ -130,24 +131,25 @@ def _jvps(config: M3GNetConfig, n_real: int):
 
     def jvps(params, batch, x, dx, de):
         energy_of = batch_energy_of(config, params, batch, remat=REMAT, smooth_angles=True)
-        padded = batch.graph.nodes["positions"]
-        lattices = batch.graph.globals["lattice"]
+        g = batch.graph
+        padded, lattices = g.nodes["positions"], g.globals["lattice"]
+        real = jraph.get_graph_padding_mask(g)
         volume = jnp.abs(jnp.linalg.det(lattices[0]))
         unit = jnp.eye(3, dtype=x.dtype)
 
         def first(r, e):
             """(∂E/∂r (n_real, 3), σ (6,)) at reference positions r and strain e (6,)."""
             eps = _strain_matrix(e)
+            strained = real[:, None, None] * eps  # the structure's graph; padding stays
 
-            def energy(r, outer):
+            def energy(positions, outer):
                 # (I + eps)(I + outer): the strained structure, strained again
-                total = eps + outer + eps @ outer
-                strain = jnp.zeros_like(lattices).at[0].set(total)
-                return energy_of(padded.at[:n_real].set(r), strain)[0]
+                return energy_of(positions, strained + outer + strained @ outer)
 
-            de_dr, de_douter = jax.grad(energy, argnums=(0, 1))(r, jnp.zeros_like(unit))
-            stress = de_douter / (volume * jnp.linalg.det(unit + eps))
-            return de_dr, jnp.stack([stress[i, j] for i, j in VOIGT])
+            out = forces_and_stress(
+                energy, padded.at[:n_real].set(r), lattices @ (unit + strained), real
+            )
+            return -out.forces[:n_real], jnp.stack([out.stress[0, i, j] for i, j in VOIGT])
 
         e0 = jnp.zeros(6, x.dtype)
         d_grad, d_stress = jax.vmap(lambda u, v: jax.jvp(first, (x, e0), (u, v))[1])(dx, de)

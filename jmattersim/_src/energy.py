@@ -26,8 +26,9 @@ from ase.units import GPa
 from .arrays import Array
 from .config import M3GNetConfig
 from .model import M3GNet, ModelInputs
-from .neighbors import Topology, TopologyCapacity, topology
+from .neighbors import TopologyCapacity, topology
 from .padding import Batch
+from .topology import Topology
 
 Params = Any  # Flax variables: {"params": ..., "constants": ...}
 
@@ -94,15 +95,7 @@ def energies(
     edge_vectors = positions[topo.senders] - (positions[topo.receivers] + offsets)
     if within_cutoffs:
         topo = restrict_to_cutoffs(topo, edge_vectors, config)
-    inputs = ModelInputs(
-        atom_types,
-        edge_vectors,
-        topo.senders,
-        topo.receivers,
-        topo.edge_mask,
-        topo.triplets,
-        topo.triplet_mask,
-    )
+    inputs = ModelInputs(atom_types, edge_vectors, topo)
     atom_energies = M3GNet(
         config, soft_normalize=soft_normalize, remat=remat, smooth_angles=smooth_angles
     ).apply(params, inputs)
@@ -119,44 +112,47 @@ def restrict_to_cutoffs(topo: Topology, edge_vectors: Array, config: M3GNetConfi
     return topo._replace(edge_mask=edge_mask, triplet_mask=triplet_mask)
 
 
-def batch_topology(batch: Batch) -> Topology:
-    """The host-built topology carried by a padded :class:`Batch`."""
-    g = batch.graph
-    return Topology(
-        g.senders,
-        g.receivers,
-        g.edges["shifts"],
-        jraph.get_edge_padding_mask(g),
-        batch.triplets,
-        batch.triplet_mask,
-        jnp.asarray(False),
-    )
-
-
-def _forces_and_stress(
-    energy_of: Callable, positions: Array, lattice: Array, real: Array
+def forces_and_stress(
+    energy_of: Callable[[Array, Array], Array], positions: Array, lattice: Array, real: Array
 ) -> Predictions:
-    """energy_of(positions, strain) -> (G,); differentiates the total over the
-    real graphs (``real`` (G,) bool)."""
+    """The one place that differentiates an energy: energies, forces and stresses
+    from one reverse pass.
 
-    def total(positions, strain):
-        e = energy_of(positions, strain)
-        return jnp.sum(jnp.where(real, e, 0.0)), e
+    Every path goes through it: the engine, ``forward_batch`` (all modes), the
+    jax-md driver's properties, the Hessian, elastic and fc3 chunks, and the
+    training step.
 
-    strain = jnp.zeros_like(lattice)
-    (_, e), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
-        positions, strain
-    )
-    unit = jnp.eye(3, dtype=lattice.dtype)
-    volume = jnp.abs(jnp.linalg.det(jnp.where(real[:, None, None], lattice, unit)))
-    return Predictions(e, -de_dr, de_deps / volume[:, None, None])
+    Args:
+        energy_of: ``energy_of(positions (N, 3), strain (G, 3, 3)) -> (G,)`` eV,
+            the strain applied as ``x @ (I + strain)``.
+        positions: (N, 3) Å, where the derivatives are taken.
+        lattice: (G, 3, 3) Å rows, the cells whose volume divides the virial.
+        real: (G,) bool, the graphs that count (padding graphs do not).
+
+    Returns:
+        [`Predictions`][jmattersim.Predictions]: energy (G,) eV, forces
+        ``-dE/dr`` (N, 3) eV/Å and stress ``dE/dε / V`` (G, 3, 3) eV/Å³ at ε = 0.
+    """
+    with jax.named_scope("forces_and_stress"):
+
+        def total(positions, strain):
+            e = energy_of(positions, strain)
+            return jnp.sum(jnp.where(real, e, 0.0)), e
+
+        strain = jnp.zeros_like(lattice)
+        (_, e), (de_dr, de_deps) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+            positions, strain
+        )
+        unit = jnp.eye(3, dtype=lattice.dtype)
+        volume = jnp.abs(jnp.linalg.det(jnp.where(real[:, None, None], lattice, unit)))
+        return Predictions(e, -de_dr, de_deps / volume[:, None, None])
 
 
 def batch_energy_of(config: M3GNetConfig, params: Params, batch: Batch, **options: Any):
     """energy_of(positions (N, 3), strain (G, 3, 3) or None) -> (G,) eV of a host-built
     batch, its topology fixed (``options`` go to :func:`energies`)."""
     g = batch.graph
-    topo = batch_topology(batch)
+    topo = batch.topology
 
     def energy_of(positions: Array, strain: Array | None = None) -> Array:
         return energies(
@@ -197,7 +193,7 @@ def predict(
     )
     if not derivatives:
         return Predictions(energy_of(g.nodes["positions"]), None, None)
-    return _forces_and_stress(
+    return forces_and_stress(
         energy_of, g.nodes["positions"], g.globals["lattice"], jraph.get_graph_padding_mask(g)
     )
 
@@ -330,7 +326,7 @@ def batch_predict(
     if not derivatives:
         e = jnp.where(real, energy_of(graph.nodes["positions"]), 0.0)
         return Predictions(e, None, None), topo.overflow
-    out = _forces_and_stress(energy_of, graph.nodes["positions"], lattice, real)
+    out = forces_and_stress(energy_of, graph.nodes["positions"], lattice, real)
     return out._replace(energy=jnp.where(real, out.energy, 0.0)), topo.overflow
 
 

@@ -23,6 +23,7 @@ from ase.neighborlist import primitive_neighbor_list
 
 from .config import M3GNetConfig
 from .geometry import image_range, periodic_cell
+from .topology import Topology, host_topology
 
 # Candidate pairs (N^2 x images) above which neighbor_list uses ASE's cell list.
 _DENSE_PAIRS = 2_000_000
@@ -33,9 +34,10 @@ class StructureGraph:
     """One structure's graph, unpadded, in numpy.
 
     numbers (N,) int atomic numbers; positions (N, 3) Å; cell (3, 3) rows (upstream's
-    box for a structure with no periodic axis); pbc (3,) bool; senders, receivers
-    (E,) int; shifts (E, 3) integer image n of the receiver; triplets (T, 2) edge
-    indices (ij, ik) sharing the centre i = senders; distances (E,) Å; atom_types
+    box for a structure with no periodic axis); pbc (3,) bool; topology: its
+    :class:`~jmattersim._src.topology.Topology` (numpy, unpadded: shifts (E, 3)
+    integer image n of the receiver, triplets (T, 2) edge indices (ij, ik)
+    sharing the centre i); distances (E,) Å; atom_types
     (N, max_z+1) or None (one-hot of ``numbers``); skin: Å added to both cutoffs.
     """
 
@@ -43,10 +45,7 @@ class StructureGraph:
     positions: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
-    senders: np.ndarray
-    receivers: np.ndarray
-    shifts: np.ndarray
-    triplets: np.ndarray
+    topology: Topology
     distances: np.ndarray
     atom_types: np.ndarray | None = None
     skin: float = 0.0
@@ -57,11 +56,11 @@ class StructureGraph:
 
     @property
     def n_edge(self) -> int:
-        return len(self.senders)
+        return self.topology.n_edge
 
     @property
     def n_triplet(self) -> int:
-        return len(self.triplets)
+        return self.topology.n_triplet
 
 
 def neighbor_list(
@@ -152,10 +151,9 @@ def graph_of(
         positions=positions,
         cell=cell,
         pbc=pbc,
-        senders=senders,
-        receivers=receivers,
-        shifts=shifts,
-        triplets=triplet_indices(senders, d, config.threebody_cutoff + skin),
+        topology=host_topology(
+            senders, receivers, shifts, triplet_indices(senders, d, config.threebody_cutoff + skin)
+        ),
         distances=d,
         atom_types=None if atom_types is None else np.asarray(atom_types),
         skin=float(skin),
@@ -173,4 +171,5 @@ def neighbors_in_threebody(g: StructureGraph) -> int:
     """Largest number of bonds of one centre that appear in triplets."""
     if g.n_triplet == 0:
         return 1
-    return int(np.bincount(g.senders[np.unique(g.triplets[:, 0])]).max())
+    topo = g.topology
+    return int(np.bincount(topo.senders[np.unique(topo.triplets[:, 0])]).max())

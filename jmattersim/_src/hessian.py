@@ -15,14 +15,15 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 from ase import Atoms
 
 from .arrays import Array, default_float
 from .checkpoint import Model
 from .config import M3GNetConfig
-from .energy import batch_energy_of
-from .padding import counts_of, pad, tight_budget
+from .energy import batch_energy_of, forces_and_stress
+from .padding import Batch, counts_of, pad, tight_budget
 from .runtime import release_memory
 from .validate import checked_graph, structure_label
 
@@ -35,15 +36,19 @@ MEMORY_BUDGET = 2 << 30
 REMAT = True  # recompute each block in the backward pass: a fraction of the memory
 
 
-def _energy_of_positions(config: M3GNetConfig, params, batch, n_real: int):
-    """E(x) for x (n_real, 3) Å: the batch's padded positions with the real ones replaced."""
+def gradient_in_positions(config: M3GNetConfig, params, batch: Batch, n_real: int):
+    """dE/dx (n_real, 3) eV/Å as a function of x (n_real, 3) Å, the batch's padded
+    positions with the real ones replaced (through :func:`forces_and_stress`)."""
     energy_of = batch_energy_of(config, params, batch, remat=REMAT, smooth_angles=True)
-    padded = batch.graph.nodes["positions"]
+    g = batch.graph
+    padded, lattice = g.nodes["positions"], g.globals["lattice"]
+    real = jraph.get_graph_padding_mask(g)
 
-    def energy(x: Array) -> Array:
-        return energy_of(padded.at[:n_real].set(x))[0]
+    def gradient(x: Array) -> Array:
+        out = forces_and_stress(energy_of, padded.at[:n_real].set(x), lattice, real)
+        return -out.forces[:n_real]
 
-    return energy
+    return gradient
 
 
 def _columns(config: M3GNetConfig, n_real: int):
@@ -52,7 +57,7 @@ def _columns(config: M3GNetConfig, n_real: int):
     the residual forces come free)."""
 
     def columns(params, batch, x, tangents):
-        grad = jax.grad(_energy_of_positions(config, params, batch, n_real))
+        grad = gradient_in_positions(config, params, batch, n_real)
         gradient, hvp = jax.linearize(grad, x)
         return gradient, jax.vmap(hvp)(tangents)
 

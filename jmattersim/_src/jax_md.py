@@ -44,8 +44,9 @@ from jax_md import dataclasses, partition, space
 
 from .arrays import Array, default_float
 from .checkpoint import Model
-from .energy import energies
-from .neighbors import Topology, build_triplets
+from .energy import Predictions, energies, forces_and_stress
+from .neighbors import build_triplets
+from .topology import Topology
 
 
 @pydc.dataclass(frozen=True)
@@ -78,28 +79,18 @@ class MatterSimNeighborList:
     ``nbrs.update(R)`` rebuilds it within its capacity (jittable).
 
     Attributes:
-        senders: (E,) int32 index of atom i of each edge (i, j, n).
-        receivers: (E,) int32 index of atom j.
-        shifts: (E, 3) image n (floats, integer-valued); the edge vector is
-            ``box @ (R_i - R_j - n)``.
-        edge_mask: (E,) bool, False for padding edges.
-        triplets: (T, 2) int32 edge indices (ij, ik).
-        triplet_mask: (T,) bool, False for padding triplets.
+        topology: its :class:`~jmattersim._src.topology.Topology` (edges within
+            cutoff + skin, image shifts n as integer-valued floats, with edge
+            vector ``box @ (R_i - R_j - n)``, triplets, masks); its ``overflow``
+            is sticky: True once a capacity overflowed.
         reference_position: (N, 3) fractional positions it was built at.
-        error: () bool, sticky: True once a capacity overflowed.
         inner: jax-md's ``NeighborList`` ("cell_list" method) or None.
         capacity: its [`NeighborListCapacity`][jmattersim.jax_md.NeighborListCapacity].
         update_fn: the function ``update`` calls.
     """
 
-    senders: Array
-    receivers: Array
-    shifts: Array
-    edge_mask: Array
-    triplets: Array
-    triplet_mask: Array
+    topology: Topology
     reference_position: Array
-    error: Array
     inner: Any
     capacity: NeighborListCapacity = dataclasses.static_field()
     update_fn: Callable = dataclasses.static_field()
@@ -119,7 +110,7 @@ class MatterSimNeighborList:
     @property
     def did_buffer_overflow(self) -> Array:
         """() bool: a capacity overflowed (re-allocate), as jax-md's lists."""
-        return self.error
+        return self.topology.overflow
 
 
 @dataclasses.dataclass
@@ -262,6 +253,43 @@ def cell_list_edges(
     return senders, receivers, shifts, mask, d2
 
 
+def _cartesian_energy(
+    model: Model,
+    atom_types: Array,
+    box: Array,
+    nbrs: MatterSimNeighborList,
+    n_real: Array | None,
+    soft_normalize: bool,
+    remat: bool,
+) -> tuple[Callable[[Array, Array | None], Array], Array, Array]:
+    """``energy_of(positions (N, 3) Cartesian Å, strain (G, 3, 3) or None) -> (G,)`` eV
+    over the list, with the lattices (G, 3, 3) and real-graph mask (G,) it uses
+    (one graph, or two when the atoms after ``n_real`` are padding)."""
+    n = atom_types.shape[0]
+    lattice = box.T[None]
+    n_node = jnp.array([n]) if n_real is None else jnp.stack([n_real, n - n_real])
+    if n_real is not None:
+        lattice = jnp.concatenate([lattice, jnp.eye(3, dtype=box.dtype)[None]])
+    real_graph = jnp.arange(lattice.shape[0]) == 0
+
+    def energy_of(positions: Array, strain: Array | None = None) -> Array:
+        return energies(
+            model.config,
+            model.params,
+            atom_types,
+            positions,
+            lattice,
+            n_node,
+            nbrs.topology,
+            strain,
+            soft_normalize,
+            remat,
+            within_cutoffs=True,
+        )
+
+    return energy_of, lattice, real_graph
+
+
 def neighbor_energy(
     model: Model,
     atom_types: Array,
@@ -281,38 +309,39 @@ def neighbor_energy(
     remat: recompute each interaction block in the backward pass (same numbers; on
     CPU it is also faster for large cells, which are bound by memory traffic).
     """
-    config = model.config
-    n = position.shape[0]
-    real = space.transform(box, position)  # Cartesian; d/dR is Cartesian (custom JVP)
-    lattice = box.T[None]
-    vec = jax.lax.stop_gradient(real[nbrs.senders] - real[nbrs.receivers] - nbrs.shifts @ box.T)
-    d2 = jnp.sum(vec * vec, axis=-1)
-    edge_mask = nbrs.edge_mask & (d2 < config.cutoff**2)
-    in3 = edge_mask & (d2 <= config.threebody_cutoff**2)
-    triplet_mask = nbrs.triplet_mask & in3[nbrs.triplets[:, 0]] & in3[nbrs.triplets[:, 1]]
-    topo = Topology(
-        nbrs.senders,
-        nbrs.receivers,
-        nbrs.shifts,
-        edge_mask,
-        nbrs.triplets,
-        triplet_mask,
-        nbrs.error,
+    energy_of, lattice, _ = _cartesian_energy(
+        model, atom_types, box, nbrs, n_real, soft_normalize, remat
     )
+    real = space.transform(box, position)  # Cartesian; d/dR is Cartesian (custom JVP)
     strain = None
     if perturbation is not None:  # scalar (isotropic, as jax-md's NPT) or (3, 3)
         eye = jnp.eye(3, dtype=real.dtype)
         p = jnp.asarray(perturbation, real.dtype)
-        strain = ((p * eye if p.ndim == 0 else p) - eye).T[None]
-    n_node = jnp.array([n]) if n_real is None else jnp.stack([n_real, n - n_real])
-    if n_real is not None:
-        lattice = jnp.concatenate([lattice, jnp.eye(3, dtype=box.dtype)[None]])
-        if strain is not None:
-            strain = jnp.concatenate([strain, jnp.zeros_like(strain)])
-    e = energies(
-        config, model.params, atom_types, real, lattice, n_node, topo, strain, soft_normalize, remat
+        deform = ((p * eye if p.ndim == 0 else p) - eye).T
+        strain = jnp.zeros_like(lattice).at[0].set(deform)
+    return energy_of(real, strain)[0]
+
+
+def neighbor_properties(
+    model: Model,
+    atom_types: Array,
+    position: Array,
+    box: Array,
+    nbrs: MatterSimNeighborList,
+    soft_normalize: bool = True,
+    remat: bool = True,
+) -> Predictions:
+    """Energy, Cartesian forces and stress of one structure from one reverse pass
+    (:func:`jmattersim._src.energy.forces_and_stress`), arguments as
+    :func:`neighbor_energy`'s.
+
+    Returns:
+        Predictions with energy (1,) eV, forces (N, 3) eV/Å, stress (1, 3, 3) eV/Å³.
+    """
+    energy_of, lattice, real_graph = _cartesian_energy(
+        model, atom_types, box, nbrs, None, soft_normalize, remat
     )
-    return e[0]
+    return forces_and_stress(energy_of, space.transform(box, position), lattice, real_graph)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,19 +469,8 @@ def mattersim_neighbor_list(
     ) -> MatterSimNeighborList:
         b = box0 if box is None else jnp.asarray(box, dtype)
         s, r, shifts, mask, trip, tmask, over, inner = build(position, nbrs.inner, nbrs.capacity, b)
-        return MatterSimNeighborList(
-            s,
-            r,
-            shifts,
-            mask,
-            trip,
-            tmask,
-            position,
-            nbrs.error | over,
-            inner,
-            nbrs.capacity,
-            update,
-        )
+        topology = Topology(s, r, shifts, mask, trip, tmask, nbrs.did_buffer_overflow | over)
+        return MatterSimNeighborList(topology, position, inner, nbrs.capacity, update)
 
     update_jit = jax.jit(update)
 
@@ -500,19 +518,8 @@ def mattersim_neighbor_list(
             + 1,
             images=images,
         )
-        empty = MatterSimNeighborList(
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            position,
-            jnp.asarray(False),
-            inner,
-            capacity,
-            update,
-        )
+        nothing = Topology(None, None, None, None, None, None, jnp.asarray(False))
+        empty = MatterSimNeighborList(nothing, position, inner, capacity, update)
         return update_jit(position, empty, box=b)
 
     def energy_fn(

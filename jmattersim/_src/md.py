@@ -25,7 +25,7 @@ from jax_md import quantity, simulate, space
 
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
-from .jax_md import atoms_to_jax_md, mattersim_neighbor_list
+from .jax_md import atoms_to_jax_md, mattersim_neighbor_list, neighbor_properties, one_hot
 from .progress import progress_bar
 
 ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")
@@ -169,9 +169,13 @@ def md(
     def box_of(state):
         return simulate.npt_box(state) if npt else box
 
+    atom_types = one_hot(species, model.config.num_species, dtype)
+    typed = model.astype(dtype)
+
     def invariant(state, nbrs):
         b = box_of(state)
-        pe = energy_fn(state.position, neighbor=nbrs, box=b)
+        props = neighbor_properties(typed, atom_types, state.position, b, nbrs)
+        pe = props.energy[0]
         ke = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
         if ensemble == "nvt_nose_hoover":
             conserved = simulate.nvt_nose_hoover_invariant(energy_fn, state, kT, neighbor=nbrs)
@@ -182,7 +186,9 @@ def md(
         else:
             conserved = pe + ke
         volume = jnp.abs(jnp.linalg.det(b))
-        pres = quantity.pressure(energy_fn, state.position, b, ke, neighbor=nbrs)
+        # jax-md's quantity.pressure, (2 KE - dU/d(isotropic strain)) / (3 V), from the
+        # stress of the same reverse pass as the energy
+        pres = (2 * ke / volume - jnp.trace(props.stress[0])) / 3
         return jnp.stack([pe, ke, conserved, volume, pres])
 
     def step(carry, _):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,23 +32,7 @@ from .config import M3GNetConfig
 from .geometry import candidate_pairs, image_range
 from .graph import neighbors_in_threebody, structure_graph
 from .padding import bucket
-
-
-class Topology(NamedTuple):
-    """Edges (i, j, n) and triplets of a padded batch.
-
-    senders, receivers: (E,) int; shifts: (E, 3) image n (float, integer-valued);
-    edge_mask: (E,) bool; triplets: (T, 2) edge indices (ij, ik); triplet_mask:
-    (T,) bool; overflow: () bool, True when a capacity was too small.
-    """
-
-    senders: Array
-    receivers: Array
-    shifts: Array
-    edge_mask: Array
-    triplets: Array
-    triplet_mask: Array
-    overflow: Array
+from .topology import Topology
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import M3GNetConfig
 from .graph import StructureGraph
+from .topology import Topology
 
 
 class Counts(NamedTuple):
@@ -95,17 +96,16 @@ def bucket(n: int, minimum: int = 8) -> int:
 
 
 class Batch(NamedTuple):
-    """A padded batch: a jraph graph plus MatterSim's triplets.
+    """A padded batch: a jraph graph (its nodes and globals) and its topology.
 
     graph.nodes: {"atom_types": (N, max_z+1), "positions": (N, 3)};
-    graph.edges: {"shifts": (E, 3)}; graph.globals: {"lattice": (G, 3, 3)};
-    graphs after the real ones are padding. triplets (T, 2) edge indices;
-    triplet_mask (T,).
+    graph.globals: {"lattice": (G, 3, 3)}; graphs after the real ones are
+    padding. topology: the batch's :class:`~jmattersim._src.topology.Topology`
+    (its senders and receivers are also the graph's, as jraph wants them).
     """
 
     graph: jraph.GraphsTuple
-    triplets: np.ndarray
-    triplet_mask: np.ndarray
+    topology: Topology
 
 
 def pad(
@@ -137,21 +137,31 @@ def pad(
             atom_types[a : a + g.n_node] = g.atom_types
         positions[a : a + g.n_node] = g.positions
         lattice[k] = g.cell
-        senders[e : e + g.n_edge] = g.senders + a
-        receivers[e : e + g.n_edge] = g.receivers + a
-        shifts[e : e + g.n_edge] = g.shifts
-        triplets[t : t + g.n_triplet] = g.triplets + e
+        topo = g.topology
+        senders[e : e + g.n_edge] = topo.senders + a
+        receivers[e : e + g.n_edge] = topo.receivers + a
+        shifts[e : e + g.n_edge] = topo.shifts
+        triplets[t : t + g.n_triplet] = topo.triplets + e
         node_counts[k], edge_counts[k] = g.n_node, g.n_edge
         a, e, t = a + g.n_node, e + g.n_edge, t + g.n_triplet
     node_counts[len(graphs)] = n_node - nodes  # jraph: the first padding graph holds them
     edge_counts[len(graphs)] = n_edge - edges
     graph = jraph.GraphsTuple(
         nodes={"atom_types": atom_types, "positions": positions},
-        edges={"shifts": shifts},
+        edges=None,
         senders=senders,
         receivers=receivers,
         globals={"lattice": lattice},
         n_node=node_counts,
         n_edge=edge_counts,
     )
-    return Batch(graph, triplets, np.arange(n_triplet) < trips)
+    topology = Topology(
+        senders,
+        receivers,
+        shifts,
+        np.arange(n_edge) < edges,
+        triplets,
+        np.arange(n_triplet) < trips,
+        np.asarray(False),
+    )
+    return Batch(graph, topology)

@@ -168,9 +168,9 @@ def check_graph_distances(graph: Any, label: str = "", min_distance: float = MIN
     (its cutoff is far beyond ``min_distance``): no second neighbour search."""
     close = graph.distances < min_distance
     _refuse_close_pairs(
-        graph.senders[close],
-        graph.receivers[close],
-        graph.shifts[close],
+        graph.topology.senders[close],
+        graph.topology.receivers[close],
+        graph.topology.shifts[close],
         graph.distances[close],
         label,
         min_distance,

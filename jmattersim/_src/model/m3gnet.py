@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ..arrays import Array
 from ..config import M3GNetConfig
+from ..topology import Topology
 from . import basis
 from .layers import MLP, FastGatedMLP, GatedMLP, dense
 
@@ -28,20 +29,14 @@ class ModelInputs(NamedTuple):
 
     atom_types:   (N, max_z + 1) one-hot or soft distribution over elements.
     edge_vectors: (E, 3) r_i - (r_j + n @ cell) in Å, for edge (i, j, n).
-    senders:      (E,) i, the centre atom of each edge (upstream ``edge_index[0]``).
-    receivers:    (E,) j.
-    edge_mask:    (E,) True for real edges.
-    triplets:     (T, 2) edge indices (ij, ik) with the same centre i.
-    triplet_mask: (T,) True for real triplets.
+    topology:     the :class:`~jmattersim._src.topology.Topology`: senders i (the
+                  centre of each edge, upstream ``edge_index[0]``), receivers j,
+                  triplets (ij, ik) and their masks (its shifts are not used here).
     """
 
     atom_types: Array
     edge_vectors: Array
-    senders: Array
-    receivers: Array
-    edge_mask: Array
-    triplets: Array
-    triplet_mask: Array
+    topology: Topology
 
 
 def masked_norm(v: Array, mask: Array) -> Array:
@@ -63,17 +58,17 @@ class ThreeDInteraction(nn.Module):
     @nn.compact
     def __call__(self, edge_attr, three_basis, atom_attr, x: ModelInputs, edge_length):
         c = self.config
-        ij, ik = x.triplets[:, 0], x.triplets[:, 1]
+        ij, ik = x.topology.triplets[:, 0], x.topology.triplets[:, 1]
         gate = jax.nn.sigmoid(dense(c.max_n * c.max_l, True, "atom_mlp")(atom_attr))
         if self.fast:  # M3GNet applied the cutoff weight once, for all blocks
-            three_basis = three_basis * gate[x.senders[ik]]
+            three_basis = three_basis * gate[x.topology.senders[ik]]
         else:
             weight = (
                 basis.polynomial_cutoff(edge_length[ij], c.threebody_cutoff)
                 * basis.polynomial_cutoff(edge_length[ik], c.threebody_cutoff)
-                * x.triplet_mask
+                * x.topology.triplet_mask
             )
-            three_basis = three_basis * gate[x.senders[ik]] * weight[:, None]
+            three_basis = three_basis * gate[x.topology.senders[ik]] * weight[:, None]
         e_ij_tilde = segment_sum(three_basis, ij, edge_attr.shape[0])
         gated = FastGatedMLP if self.fast else GatedMLP
         edge_gate = gated((c.units,), ("swish",), use_bias=False, name="edge_gate_mlp")
@@ -103,8 +98,8 @@ class MainBlock(nn.Module):
         edge_attr = edge_attr + update * dense(c.units, False, "edge_layer_edge")(edge_attr_zero)
         message = self._edge_gated_mlp("gated_mlp_atom", atom_attr, edge_attr, x)
         message = message * jax.nn.silu(dense(c.units, False, "edge_layer_atom")(edge_attr_zero))
-        message = message * x.edge_mask[:, None]
-        atom_attr = atom_attr + segment_sum(message, x.senders, atom_attr.shape[0])
+        message = message * x.topology.edge_mask[:, None]
+        atom_attr = atom_attr + segment_sum(message, x.topology.senders, atom_attr.shape[0])
         return atom_attr, edge_attr
 
     def _edge_gated_mlp(
@@ -115,14 +110,16 @@ class MainBlock(nn.Module):
         dims, acts = (self.config.units, self.config.units), ("swish", "swish")
         if self.fast:
             return FastGatedMLP(dims, acts, name=name)(
-                (atom_attr, x.senders), (atom_attr, x.receivers), edge_attr
+                (atom_attr, x.topology.senders), (atom_attr, x.topology.receivers), edge_attr
             )
         return GatedMLP(dims, acts, name=name)(_concat_ije(atom_attr, edge_attr, x))
 
 
 def _concat_ije(atom_attr: Array, edge_attr: Array, x: ModelInputs) -> Array:
     """concat(atom_attr[i], atom_attr[j], edge_attr) per edge (E, 2 d_atom + d_edge)."""
-    return jnp.concatenate([atom_attr[x.senders], atom_attr[x.receivers], edge_attr], axis=1)
+    return jnp.concatenate(
+        [atom_attr[x.topology.senders], atom_attr[x.topology.receivers], edge_attr], axis=1
+    )
 
 
 class SmoothBesselBasis(nn.Module):
@@ -198,8 +195,8 @@ class M3GNet(nn.Module):
     @nn.compact
     def __call__(self, x: ModelInputs) -> Array:
         c = self.config
-        edge_length = masked_norm(x.edge_vectors, x.edge_mask)
-        ij, ik = x.triplets[:, 0], x.triplets[:, 1]
+        edge_length = masked_norm(x.edge_vectors, x.topology.edge_mask)
+        ij, ik = x.topology.triplets[:, 0], x.topology.triplets[:, 1]
         cos_jik = jnp.sum(x.edge_vectors[ij] * x.edge_vectors[ik], axis=1) / (
             edge_length[ij] * edge_length[ik]
         )
@@ -223,7 +220,7 @@ class M3GNet(nn.Module):
             # the blocks' triplet weight (the same in every block) applied here, once
             three_basis = sbf(edge_length, cos_jik, ik)
             cut = basis.polynomial_cutoff(edge_length, c.threebody_cutoff)
-            three_basis = three_basis * (cut[ij] * cut[ik] * x.triplet_mask)[:, None]
+            three_basis = three_basis * (cut[ij] * cut[ik] * x.topology.triplet_mask)[:, None]
         else:
             three_basis = sbf(edge_length[ik], cos_jik)
         blocks = [MainBlock(c, self.fast, name=f"graph_conv_{b}") for b in range(c.num_blocks)]
@@ -283,13 +280,14 @@ def _constants(module: nn.Module, values: dict, dtype) -> dict[str, Array]:
 def init_params(config: M3GNetConfig, key: Array):
     """Random Flax variables of the right shapes for ``config`` (float32)."""
     e = 2
-    inputs = ModelInputs(
-        atom_types=jnp.zeros((2, config.num_species)),
-        edge_vectors=jnp.ones((e, 3)),
+    topology = Topology(
         senders=jnp.zeros(e, jnp.int32),
         receivers=jnp.ones(e, jnp.int32),
+        shifts=jnp.zeros((e, 3)),
         edge_mask=jnp.ones(e, bool),
         triplets=jnp.array([[0, 1]]),
         triplet_mask=jnp.ones(1, bool),
+        overflow=jnp.asarray(False),
     )
+    inputs = ModelInputs(jnp.zeros((2, config.num_species)), jnp.ones((e, 3)), topology)
     return M3GNet(config).init(key, inputs)
