@@ -48,13 +48,9 @@ from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
 from ._src.sharding import graph_mesh  # noqa: E402
 from ._src.stream import predict_file  # noqa: E402
-from ._src.train import (  # noqa: E402
-    TrainResult,
-    TrainSettings,
-    plot_metrics,
-    read_metrics,
-    train,
-)
+from ._src.train import train  # noqa: E402
+from ._src.train_metrics import plot_metrics, read_metrics  # noqa: E402
+from ._src.train_settings import TrainResult, TrainSettings  # noqa: E402
 from ._src.validate import (  # noqa: E402
     CapacityOverflowError,
     InvalidStructureError,

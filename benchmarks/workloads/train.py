@@ -95,18 +95,20 @@ def train_padding(name: str, src: Path, epochs: int) -> str:
     budgets they are padded to (each batch in the smallest that holds it)."""
     import math
 
-    from jmattersim._src import train as tr
+    from jmattersim._src import train_plan as plan
+    from jmattersim._src.dataset import read_frames
     from jmattersim._src.padding import counts_of
+    from jmattersim._src.train_settings import TrainSettings
 
-    frames = tr.read_frames(src, jm_model(name).config, True, True)
-    settings = tr.TrainSettings(epochs=epochs, batch_size=BATCH)
-    planned = min(epochs, tr.PLANNED_EPOCHS)
+    frames = read_frames(src, jm_model(name).config, True, True)
+    settings = TrainSettings(epochs=epochs, batch_size=BATCH)
+    planned = min(epochs, plan.PLANNED_EPOCHS)
     steps = planned * math.ceil(len(frames) / BATCH)
-    levels = settings.budget_levels if steps >= tr.SHORT_RUN_STEPS else 1
-    budgets = tr.training_budgets(frames, [], BATCH, [settings.seed], planned, levels)
+    levels = settings.budget_levels if steps >= plan.SHORT_RUN_STEPS else 1
+    budgets = plan.training_budgets(frames, [], BATCH, [settings.seed], planned, levels)
     counts = np.array([counts_of(f.graph) for f in frames], np.int64)
     real = slots = np.zeros(2)
-    for index in tr.batches_of(tr.epoch_order(len(frames), settings.seed, 0), BATCH):
+    for index in plan.batches_of(plan.epoch_order(len(frames), settings.seed, 0), BATCH):
         total = tuple(int(c) for c in counts[index].sum(axis=0))
         budget = next(b for b in budgets if all(c < s for c, s in zip(total, b, strict=True)))
         real = real + np.array(total[1:3])

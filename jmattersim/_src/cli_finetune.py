@@ -13,7 +13,7 @@ from .published import DEFAULT as DEFAULT_MODEL
 
 
 def add_parser(sub) -> None:
-    from .train import TrainSettings
+    from .train_settings import TrainSettings
 
     d = TrainSettings()
     p = sub.add_parser(
@@ -71,7 +71,8 @@ def add_parser(sub) -> None:
 def finetune_command(args: argparse.Namespace) -> int:
     from .dataset import InvalidLabelError
     from .io import load_model
-    from .train import TrainSettings, train
+    from .train import train
+    from .train_settings import TrainSettings
     from .validate import InvalidStructureError
 
     if args.float64:
