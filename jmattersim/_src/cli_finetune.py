@@ -69,10 +69,10 @@ def add_parser(sub) -> None:
 
 
 def finetune_command(args: argparse.Namespace) -> int:
+    from .checks import InvalidStructureError
     from .dataset import InvalidLabelError
     from .io import load_model
     from .train import TrainSettings, train
-    from .validate import InvalidStructureError
 
     if args.float64:
         import jax
