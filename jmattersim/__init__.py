@@ -14,6 +14,7 @@ from ._src import runtime as _runtime
 _runtime.configure()  # a caching allocator and the persistent compile cache, before JAX runs
 
 from ._src.anharmonic import fc3, thermal_conductivity  # noqa: E402
+from ._src.array_checks import check_arrays  # noqa: E402
 from ._src.batch import (  # noqa: E402
     NeighborList,
     batch_index_to_sizes,
@@ -25,7 +26,9 @@ from ._src.batch import (  # noqa: E402
     sizes_to_batch_index,
 )
 from ._src.calculator import MatterSimCalculator  # noqa: E402
+from ._src.checked import checked, checked_energy_fn  # noqa: E402
 from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
+from ._src.checks import CapacityOverflowError, InvalidStructureError, check_atoms  # noqa: E402
 from ._src.committee import Committee, save_committee, stack_models  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
 from ._src.dataset import InvalidLabelError  # noqa: E402
@@ -51,14 +54,6 @@ from ._src.stream import predict_file  # noqa: E402
 from ._src.train import train  # noqa: E402
 from ._src.train_metrics import plot_metrics, read_metrics  # noqa: E402
 from ._src.train_settings import TrainResult, TrainSettings  # noqa: E402
-from ._src.validate import (  # noqa: E402
-    CapacityOverflowError,
-    InvalidStructureError,
-    check_arrays,
-    check_atoms,
-    checked,
-    checked_energy_fn,
-)
 
 # Loaded on first use: jax-md takes seconds to import, torch more (testing).
 _LAZY = {"jax_md": ("jax_md", None), "md": ("jax_md", "md"), "testing": ("testing", None)}

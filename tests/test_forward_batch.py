@@ -246,7 +246,7 @@ def test_streaming_200_frames_needs_at_most_3_shapes(model):
 
 
 def test_forward_batch_rejects_bad_input_naming_it(model):
-    from jmattersim._src.validate import InvalidStructureError
+    from jmattersim._src.checks import InvalidStructureError
 
     si = small_cell()
     close = si.copy()

@@ -39,8 +39,8 @@ from hypothesis.errors import InvalidArgument
 
 import jmattersim
 from jmattersim import evaluate
+from jmattersim._src.checks import InvalidStructureError, check_atoms
 from jmattersim._src.padding import BatchBudget
-from jmattersim._src.validate import InvalidStructureError, check_atoms
 
 PROFILES = {
     "ci": dict(

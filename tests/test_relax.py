@@ -152,7 +152,7 @@ def test_batched_relaxation_equals_single_ones(small_model, rattled_frames, alon
 
 
 def test_relax_rejects_bad_input_naming_it(model):
-    from jmattersim._src.validate import InvalidStructureError
+    from jmattersim._src.checks import InvalidStructureError
 
     close = small_cell()
     close.positions[1] = close.positions[0] + [0.2, 0.2, 0.2]

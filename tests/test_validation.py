@@ -17,20 +17,19 @@ from ase.build import bulk
 from small_reference import MODEL as SMALL_MODEL
 
 import jmattersim
+from jmattersim._src.array_checks import check_arrays
+from jmattersim._src.checked import checked, checked_energy_fn
+from jmattersim._src.checks import (
+    CapacityOverflowError,
+    InvalidStructureError,
+    check_atoms,
+    check_distances,
+)
 from jmattersim._src.cli import main as cli_main
 from jmattersim._src.config import M3GNetConfig
 from jmattersim._src.energy import energy_fn
+from jmattersim._src.graph import check_structures
 from jmattersim._src.neighbors import capacity_for
-from jmattersim._src.validate import (
-    CapacityOverflowError,
-    InvalidStructureError,
-    check_arrays,
-    check_atoms,
-    check_distances,
-    check_structures,
-    checked,
-    checked_energy_fn,
-)
 from jmattersim.testing import ARCHITECTURES
 
 from conftest import SHARED

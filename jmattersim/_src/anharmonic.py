@@ -26,7 +26,9 @@ from ase import Atoms
 
 from .arrays import default_float
 from .checkpoint import Model
+from .checks import structure_label
 from .config import M3GNetConfig
+from .graph import checked_graph
 from .hessian import gradient_in_positions
 from .minimum import warn_residual
 from .padding import counts_of, pad, tight_budget
@@ -40,7 +42,6 @@ from .phonons import (
     supercell_matrix_of,
 )
 from .runtime import release_memory
-from .validate import checked_graph, structure_label
 
 if TYPE_CHECKING:  # phono3py is the optional "phonons" extra
     from phono3py import Phono3py

@@ -31,8 +31,10 @@ import numpy as np
 from ase import Atoms
 
 from . import engine
+from .array_checks import check_arrays
 from .arrays import Array, default_float
 from .checkpoint import Model
+from .checks import structure_label
 from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies, forces_and_stress
 from .geometry import periodic_cell
@@ -40,7 +42,6 @@ from .graph import StructureGraph, graph_of
 from .neighbors import TopologyCapacity, bucket_up
 from .padding import BatchBudget, pad, tight_budget, total_counts
 from .topology import Topology
-from .validate import check_arrays, structure_label
 
 
 def sizes_to_batch_index(sizes: Sequence[int] | np.ndarray) -> np.ndarray:

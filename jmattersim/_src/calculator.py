@@ -11,11 +11,12 @@ from ase.units import GPa
 from . import engine
 from .arrays import default_float
 from .checkpoint import Model
+from .checks import structure_label
 from .committee import Committee
 from .energy import EV_PER_A3_TO_GPA
+from .graph import checked_graph
 from .io import load_model_or_committee
 from .published import DEFAULT
-from .validate import checked_graph, structure_label
 
 
 class MatterSimCalculator(Calculator):

@@ -13,10 +13,10 @@ from .published import DEFAULT as DEFAULT_MODEL
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    from .checks import InvalidStructureError
     from .io import load_model_or_committee
     from .sharding import graph_mesh
     from .stream import CHUNK, predict_file, resume_point
-    from .validate import InvalidStructureError
 
     chunk = CHUNK if args.chunk is None else args.chunk
     try:
@@ -73,8 +73,8 @@ def phonons_command(args: argparse.Namespace) -> int:
 
     from ase.io import read, write
 
+    from .checks import InvalidStructureError
     from .io import load_model
-    from .validate import InvalidStructureError
 
     if args.float64:
         import jax

@@ -69,11 +69,11 @@ def add_parser(sub) -> None:
 
 
 def finetune_command(args: argparse.Namespace) -> int:
+    from .checks import InvalidStructureError
     from .dataset import InvalidLabelError
     from .io import load_model
     from .train import train
     from .train_settings import TrainSettings
-    from .validate import InvalidStructureError
 
     if args.float64:
         import jax

@@ -20,9 +20,9 @@ import numpy as np
 from ase import Atoms
 from ase.units import GPa
 
+from .checks import InvalidStructureError, structure_label
 from .config import M3GNetConfig
-from .graph import StructureGraph
-from .validate import InvalidStructureError, checked_graph, structure_label
+from .graph import StructureGraph, checked_graph
 
 # Unit spellings accepted in a frame's info (anything else is refused: no silent mixing).
 UNITS = {

@@ -23,13 +23,14 @@ from ase import Atoms
 
 from .arrays import Array, default_float
 from .checkpoint import Model
+from .checks import structure_label
 from .config import M3GNetConfig
 from .energy import EV_PER_A3_TO_GPA, batch_energy_of, forces_and_stress
+from .graph import checked_graph
 from .hessian import DEFAULT_TANGENTS, REMAT, compiled_with_memory, fitting_call, memory_budget
 from .minimum import warn_if_not_at_minimum
 from .padding import counts_of, pad, tight_budget
 from .runtime import release_memory
-from .validate import checked_graph, structure_label
 
 # Voigt order xx, yy, zz, yz, xz, xy: the (row, column) of each component.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))

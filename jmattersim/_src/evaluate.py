@@ -13,8 +13,8 @@ from . import engine
 from .checkpoint import Model
 from .committee import Committee
 from .energy import EV_PER_A3_TO_GPA
+from .graph import checked_graphs
 from .padding import BatchBudget
-from .validate import checked_graphs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,11 +21,12 @@ from ase import Atoms
 
 from .arrays import Array, default_float
 from .checkpoint import Model
+from .checks import structure_label
 from .config import M3GNetConfig
 from .energy import batch_energy_of, forces_and_stress
+from .graph import checked_graph
 from .padding import Batch, counts_of, pad, tight_budget
 from .runtime import release_memory
-from .validate import checked_graph, structure_label
 
 # Unit displacements per compiled call by default (atoms x 3 directions): large
 # enough to keep the machine busy, small enough that a vmapped forward-over-reverse

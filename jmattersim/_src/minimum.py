@@ -14,8 +14,8 @@ import numpy as np
 from ase import Atoms
 
 from .checkpoint import Model
+from .checks import structure_label
 from .evaluate import evaluate
-from .validate import structure_label
 
 # eV/Å: above this residual force the structure is not treated as relaxed.
 FMAX_AT_MINIMUM = 0.01

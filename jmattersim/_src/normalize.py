@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .checks import _formula
 from .dataset import LabelledFrame
-from .validate import _formula
 
 
 def refit_normalizer(

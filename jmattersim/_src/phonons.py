@@ -20,9 +20,9 @@ import numpy as np
 from ase import Atoms
 
 from .checkpoint import Model
+from .checks import structure_label
 from .hessian import rows_and_forces
 from .minimum import warn_residual
-from .validate import structure_label
 
 if TYPE_CHECKING:  # phonopy is the optional "phonons" extra
     from phonopy import Phonopy

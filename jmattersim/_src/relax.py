@@ -27,9 +27,10 @@ from ase.units import GPa
 
 from . import engine
 from .checkpoint import Model
+from .checks import InvalidStructureError, structure_label
 from .energy import EV_PER_A3_TO_GPA
+from .graph import check_structures, checked_graph
 from .progress import progress_bar
-from .validate import InvalidStructureError, check_structures, checked_graph, structure_label
 
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}  # by upper-case name
 FILTERS = {"FrechetCellFilter": FrechetCellFilter, "ExpCellFilter": ExpCellFilter}

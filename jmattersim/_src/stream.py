@@ -27,9 +27,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import engine
 from .checkpoint import Model
+from .checks import structure_label
 from .committee import Committee, params_digest
+from .graph import checked_graph
 from .progress import progress_bar
-from .validate import checked_graph, structure_label
 
 CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top budget
 
