@@ -15,16 +15,8 @@ _runtime.configure()  # a caching allocator and the persistent compile cache, be
 
 from ._src.anharmonic import fc3, thermal_conductivity  # noqa: E402
 from ._src.array_checks import check_arrays  # noqa: E402
-from ._src.batch import (  # noqa: E402
-    NeighborList,
-    batch_index_to_sizes,
-    forward_batch,
-    graphs_tuple,
-    neighbor_list,
-    neighbors_stale,
-    pad_graph,
-    sizes_to_batch_index,
-)
+from ._src.batch import forward_batch  # noqa: E402
+from ._src.batch_energy import batch_energy_fn, batch_properties_fn  # noqa: E402
 from ._src.calculator import MatterSimCalculator  # noqa: E402
 from ._src.checked import checked, checked_energy_fn  # noqa: E402
 from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
@@ -33,17 +25,13 @@ from ._src.committee import Committee, save_committee, stack_models  # noqa: E40
 from ._src.config import M3GNetConfig  # noqa: E402
 from ._src.dataset import InvalidLabelError  # noqa: E402
 from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
-from ._src.energy import (  # noqa: E402
-    Predictions,
-    batch_energy_fn,
-    batch_properties_fn,
-    energy_fn,
-)
+from ._src.energy import Predictions, energy_fn  # noqa: E402
 from ._src.engine import LADDER  # noqa: E402
 from ._src.evaluate import Result, evaluate  # noqa: E402
 from ._src.hessian import hessian, hessian_columns  # noqa: E402
 from ._src.io import load_committee, load_model  # noqa: E402
 from ._src.minimum import NotAtMinimumWarning  # noqa: E402
+from ._src.neighbor_list import NeighborList, neighbor_list, neighbors_stale  # noqa: E402
 from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
 from ._src.padding import BatchBudget  # noqa: E402
 from ._src.phonons import PhononSpectrum, phonon_spectrum, phonons  # noqa: E402
@@ -51,6 +39,12 @@ from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
 from ._src.sharding import graph_mesh  # noqa: E402
 from ._src.stream import predict_file  # noqa: E402
+from ._src.tensors import (  # noqa: E402
+    batch_index_to_sizes,
+    graphs_tuple,
+    pad_graph,
+    sizes_to_batch_index,
+)
 from ._src.train import train  # noqa: E402
 from ._src.train_metrics import plot_metrics, read_metrics  # noqa: E402
 from ._src.train_settings import TrainResult, TrainSettings  # noqa: E402

@@ -144,7 +144,7 @@ def padded(structures: list[Atoms], config, dtype, n_node: int, n_graph: int):
     """``structures`` as one jraph graph padded to ``n_node`` nodes, ``n_graph`` graphs."""
     import jax.numpy as jnp
 
-    from jmattersim._src.batch import graphs_tuple, pad_graph
+    from jmattersim._src.tensors import graphs_tuple, pad_graph
 
     at = jnp.concatenate([arrays(a, config, dtype)[0] for a in structures])
     pos = jnp.asarray(np.concatenate([a.positions for a in structures]), dtype)

@@ -16,14 +16,11 @@ from ase.units import GPa
 import jmattersim
 from jmattersim import evaluate
 from jmattersim._src import engine
-from jmattersim._src.batch import (
-    atoms_arrays,
-    forward_batch,
-    graphs_tuple,
-    pad_graph,
-)
-from jmattersim._src.energy import batch_properties_fn, energy_fn
+from jmattersim._src.batch import forward_batch
+from jmattersim._src.batch_energy import batch_properties_fn
+from jmattersim._src.energy import energy_fn
 from jmattersim._src.neighbors import capacity_for
+from jmattersim._src.tensors import atoms_arrays, graphs_tuple, pad_graph
 from jmattersim.testing import upstream_potential
 
 from conftest import MPTRJ, arrays, small_cell

@@ -19,7 +19,8 @@ from ase import Atoms
 from ase.build import bulk
 
 import jmattersim
-from jmattersim._src.energy import batch_energy_fn, batch_properties_fn, energy_fn
+from jmattersim._src.batch_energy import batch_energy_fn, batch_properties_fn
+from jmattersim._src.energy import energy_fn
 from jmattersim._src.neighbors import capacity_for
 
 from conftest import arrays, padded, small_cell, triclinic

@@ -15,16 +15,16 @@ from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from jmattersim._src.batch import (
+from jmattersim._src.config import M3GNetConfig
+from jmattersim._src.graph import structure_graph
+from jmattersim._src.neighbors import capacity_for, topology
+from jmattersim._src.padding import BatchBudget, Counts, pad, total_counts
+from jmattersim._src.tensors import (
     batch_index_to_sizes,
     graphs_tuple,
     pad_graph,
     sizes_to_batch_index,
 )
-from jmattersim._src.config import M3GNetConfig
-from jmattersim._src.graph import structure_graph
-from jmattersim._src.neighbors import capacity_for, topology
-from jmattersim._src.padding import BatchBudget, Counts, pad, total_counts
 from jmattersim.testing import ARCHITECTURES
 
 from conftest import mptrj_frames, special_structures

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.build import bulk
 
-from jmattersim._src.energy import batch_energy_fn
+from jmattersim._src.batch_energy import batch_energy_fn
 from jmattersim._src.neighbors import capacity_for
 
 from conftest import padded, small_cell

@@ -25,7 +25,7 @@ def inverse_design_rows(name: str, n: int, seed: int, add) -> None:
     import jax.numpy as jnp
 
     import jmattersim
-    from jmattersim._src.batch import atoms_arrays
+    from jmattersim._src.tensors import atoms_arrays
 
     model = jm_model(name)
     frames = draw(n, seed + 4, max_atoms=64)

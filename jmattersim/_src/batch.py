@@ -1,10 +1,6 @@
-"""Batches of crystals given as tensors, and ``forward_batch``: a PyTorch-style
-batch API (atom types, positions, lattices and per-structure sizes in; energies,
+"""``forward_batch``: a PyTorch-style batch API (atom types, positions, lattices and
+per-structure sizes in, as :mod:`jmattersim._src.tensors` lays them out; energies,
 forces and stresses in GPa out).
-
-A batch is the concatenation of its structures (PyG style): atom_types (ΣN, max_z+1),
-one-hot or any distribution over elements; positions (ΣN, 3); lattice (G, 3, 3)
-rows; and the atom counts ``sizes`` (G,) (or a per-atom ``batch_index``).
 
 Three ways to a topology, one model underneath:
 
@@ -22,7 +18,7 @@ Three ways to a topology, one model underneath:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,273 +28,21 @@ from ase import Atoms
 
 from . import engine
 from .array_checks import check_arrays
-from .arrays import Array, default_float
+from .arrays import Array
+from .batch_energy import batch_predict
 from .checkpoint import Model
 from .checks import structure_label
-from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, Predictions, batch_predict, energies, forces_and_stress
-from .geometry import periodic_cell
+from .energy import EV_PER_A3_TO_GPA, Predictions, energies, forces_and_stress
 from .graph import StructureGraph, graph_of
+from .neighbor_list import NeighborList, neighbors_stale
 from .neighbors import TopologyCapacity, bucket_up
-from .padding import BatchBudget, pad, tight_budget, total_counts
-from .topology import Topology
-
-
-def sizes_to_batch_index(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The graph index of each atom, from the atom counts of the graphs.
-
-    Args:
-        sizes: (G,) atoms per graph.
-
-    Returns:
-        (ΣN,) int64: the index of the graph each atom belongs to (PyG's ``batch``).
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    return np.repeat(np.arange(len(sizes)), sizes)
-
-
-def batch_index_to_sizes(
-    batch_index: Sequence[int] | np.ndarray, n_graphs: int | None = None
-) -> np.ndarray:
-    """The atom counts of the graphs, from a sorted per-atom graph index.
-
-    Args:
-        batch_index: (ΣN,) graph index of each atom, sorted (each graph's atoms
-            contiguous).
-        n_graphs: G, the number of graphs (default: the largest index + 1; pass
-            it when trailing graphs may be empty).
-
-    Returns:
-        (G,) int64 atom counts.
-
-    Raises:
-        ValueError: ``batch_index`` is not sorted.
-    """
-    batch_index = np.asarray(batch_index, dtype=np.int64)
-    if batch_index.size and np.any(np.diff(batch_index) < 0):
-        raise ValueError("batch_index must be sorted: the atoms of each graph contiguous")
-    return np.bincount(batch_index, minlength=n_graphs or 0)
-
-
-def graphs_tuple(
-    atom_types: Array,
-    positions: Array,
-    lattice: Array,
-    sizes: Sequence[int] | np.ndarray,
-    pbc: Array | None = None,
-) -> jraph.GraphsTuple:
-    """An unpadded jraph graph of a batch of crystals, the input of
-    [`batch_energy_fn`][jmattersim.batch_energy_fn] (after
-    [`pad_graph`][jmattersim.pad_graph]). It has no edges: the energy builds the
-    topology inside.
-
-    Args:
-        atom_types: (ΣN, max_z+1) one-hot or soft distributions over elements.
-        positions: (ΣN, 3) Cartesian positions in Å, each structure's atoms contiguous.
-        lattice: (G, 3, 3) lattice vectors as rows, Å.
-        sizes: (G,) atoms per structure.
-        pbc: (G, 3) periodic directions; default all periodic.
-
-    Returns:
-        A ``jraph.GraphsTuple`` with ``nodes={"atom_types", "positions"}`` and
-        ``globals={"lattice", "pbc"}``.
-    """
-    sizes = np.asarray(sizes, dtype=np.int32)
-    if pbc is None:
-        pbc = np.ones((len(sizes), 3), bool)
-    return jraph.GraphsTuple(
-        nodes={"atom_types": atom_types, "positions": positions},
-        edges=None,
-        senders=np.zeros(0, np.int32),
-        receivers=np.zeros(0, np.int32),
-        globals={"lattice": lattice, "pbc": jnp.asarray(pbc, bool)},
-        n_node=sizes,
-        n_edge=np.zeros(len(sizes), np.int32),
-    )
-
-
-def pad_graph(graph: jraph.GraphsTuple, n_node: int, n_graph: int) -> jraph.GraphsTuple:
-    """Pads a graph from [`graphs_tuple`][jmattersim.graphs_tuple] like
-    ``jraph.pad_with_graphs`` (one padding graph holds the padding nodes, empty graphs
-    after it), but traceable: it works on arrays being differentiated or
-    jit-compiled. Padding lattices are unit cubes, so nothing divides by zero.
-
-    Args:
-        graph: the unpadded graph.
-        n_node: nodes after padding; more than the graph's real nodes.
-        n_graph: graphs after padding; more than the graph's real graphs.
-
-    Returns:
-        The padded ``jraph.GraphsTuple`` (fixed shapes: one compilation per size).
-
-    Raises:
-        ValueError: ``n_node`` or ``n_graph`` leaves no room for the padding graph.
-    """
-    real_nodes, real_graphs = int(np.sum(graph.n_node)), len(graph.n_node)
-    if n_node <= real_nodes or n_graph <= real_graphs:
-        raise ValueError(
-            f"cannot pad {real_nodes} nodes / {real_graphs} graphs to "
-            f"{n_node} / {n_graph}: padding needs one more of each"
-        )
-
-    def pad_rows(x: Array, n: int, fill: Array | None = None) -> Array:
-        extra = jnp.zeros((n - x.shape[0],) + x.shape[1:], x.dtype) if fill is None else fill
-        return jnp.concatenate([jnp.asarray(x), extra])
-
-    lattice = graph.globals["lattice"]
-    unit = jnp.broadcast_to(jnp.eye(3, dtype=lattice.dtype), (n_graph - real_graphs, 3, 3))
-    n_node_pad = np.zeros(n_graph - real_graphs, np.int32)
-    n_node_pad[0] = n_node - real_nodes
-    return graph._replace(
-        nodes={k: pad_rows(v, n_node) for k, v in graph.nodes.items()},
-        globals={
-            "lattice": pad_rows(lattice, n_graph, unit),
-            "pbc": pad_rows(
-                graph.globals["pbc"], n_graph, jnp.ones((n_graph - real_graphs, 3), bool)
-            ),
-        },
-        n_node=np.concatenate([np.asarray(graph.n_node, np.int32), n_node_pad]),
-        n_edge=np.zeros(n_graph, np.int32),
-    )
-
-
-# ---------------------------------------------------------------- host neighbour lists
-
-
-class NeighborList(NamedTuple):
-    """A host-built topology of a whole batch, padded to a budget.
-
-    A pytree to pass into jitted functions (``forward_batch(..., neighbors=...)``),
-    made by [`neighbor_list`][jmattersim.neighbor_list]. E, T, N and G are the
-    budget's edge, triplet, node and graph counts: ``forward_batch`` pads the
-    batch to them.
-
-    Attributes:
-        topology: the batch's :class:`~jmattersim._src.topology.Topology`
-            (edges, image shifts, triplets and their masks), padded to the budget.
-        reference_positions: (N, 3) Å, the positions the list was built at
-            (padded like the batch).
-        reference_lattice: (G, 3, 3) Å, rows are lattice vectors, the lattices
-            it was built at.
-        skin: () Å added to both cutoffs when the list was built.
-    """
-
-    topology: Topology
-    reference_positions: Array
-    reference_lattice: Array
-    skin: Array
-
-    @property
-    def budget(self) -> BatchBudget:
-        """The [`BatchBudget`][jmattersim.BatchBudget] (nodes, edges, triplets,
-        graphs) the list is padded to."""
-        return BatchBudget(
-            self.reference_positions.shape[0],
-            self.topology.n_edge,
-            self.topology.n_triplet,
-            self.reference_lattice.shape[0],
-        )
-
-
-def neighbor_list(
-    model: Model | M3GNetConfig,
-    atoms_list: Sequence[Atoms] | None = None,
-    *,
-    positions: Any = None,
-    lattice: Any = None,
-    sizes: Sequence[int] | None = None,
-    pbc: Any = None,
-    skin: float = 0.0,
-    budget: BatchBudget | None = None,
-) -> NeighborList:
-    """Neighbours and triplets of a batch, built on the host (exact, as upstream's).
-
-    Build it outside ``jit`` from concrete positions, then pass it to
-    ``forward_batch(..., neighbors=...)`` under ``jit``/``grad``. Give the
-    structures either as ASE ``atoms_list`` or as arrays.
-
-    Args:
-        model: a [`Model`][jmattersim.Model] or its
-            [`M3GNetConfig`][jmattersim.M3GNetConfig] (only the cutoffs are used).
-        atoms_list: G ASE structures (instead of the arrays).
-        positions: (ΣN, 3) Cartesian positions, Å.
-        lattice: (G, 3, 3) Å, rows are lattice vectors.
-        sizes: (G,) atoms per structure.
-        pbc: (G, 3) bool periodic directions (default: all periodic).
-        skin: Å added to both cutoffs, so that the list holds while atoms move
-            less than ``skin / 2``.
-        budget: the padded sizes. By default each count is rounded up to the
-            next of a ladder of sizes about 1.4 apart: little padding, and a
-            jitted function recompiles only when a batch changes size class. Pass
-            one budget (e.g. ``jmattersim.LADDER[-1]``) to run many different
-            batches through one compiled function.
-
-    Returns:
-        A [`NeighborList`][jmattersim.NeighborList] padded to ``budget``.
-    """
-    config = getattr(model, "config", model)
-    if atoms_list is not None:
-        _, positions, lattice, sizes, pbc = atoms_arrays(atoms_list, config)
-    positions = np.asarray(positions, float)
-    lattice = np.asarray(lattice, float).reshape(-1, 3, 3)
-    sizes = np.asarray(sizes, np.int64)
-    pbc = np.ones((len(sizes), 3), bool) if pbc is None else np.asarray(pbc, bool)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    graphs = [
-        graph_of(positions[starts[g] : starts[g + 1]], lattice[g], pbc[g], config, skin=skin)
-        for g in range(len(sizes))
-    ]
-    total = total_counts(graphs)
-    budget = tight_budget(total) if budget is None else budget
-    dtype = default_float()
-    batch = pad(graphs, budget, config, dtype)
-    g = batch.graph
-    return NeighborList(
-        topology=batch.topology,
-        reference_positions=g.nodes["positions"],
-        reference_lattice=g.globals["lattice"],
-        skin=np.asarray(skin, dtype),
-    )
-
-
-def neighbors_stale(nbrs: NeighborList, positions: Array, lattice: Array) -> Array:
-    """Whether a pair may have come within the cutoffs that ``nbrs`` does not list.
-
-    True when twice the largest atom displacement plus the largest change of a
-    listed image offset (``n @ lattice``) exceeds the list's skin. Traceable.
-
-    Args:
-        nbrs: the list, from [`neighbor_list`][jmattersim.neighbor_list].
-        positions: (N, 3) Å, padded like ``nbrs`` (its budget's node count).
-        lattice: (G, 3, 3) Å rows, padded like ``nbrs``.
-
-    Returns:
-        () bool: True when the list must be rebuilt.
-    """
-    moved = jnp.max(jnp.linalg.norm(positions - nbrs.reference_positions, axis=-1))
-    # |n @ dL| <= |n| |dL|_2, bounded over all edges and graphs
-    strained = jnp.max(jnp.linalg.norm(lattice - nbrs.reference_lattice, ord=2, axis=(1, 2)))
-    reach = jnp.max(jnp.linalg.norm(nbrs.topology.shifts, axis=-1))
-    return 2 * moved + strained * reach > nbrs.skin
-
-
-# ---------------------------------------------------------------------- forward_batch
-
-
-def atoms_arrays(
-    atoms_list: Sequence[Atoms], config: M3GNetConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """atom_types (one-hot), positions, lattice, sizes and pbc of ASE structures;
-    a structure with no periodic direction goes into upstream's cubic box."""
-    cells, pbcs = zip(
-        *(periodic_cell(a.positions, a.cell.array, a.pbc, config.cutoff) for a in atoms_list),
-        strict=True,
-    )
-    numbers = np.concatenate([a.numbers for a in atoms_list])
-    atom_types = np.eye(config.num_species)[numbers]
-    positions = np.concatenate([a.positions for a in atoms_list])
-    sizes = np.array([len(a) for a in atoms_list])
-    return atom_types, positions, np.stack(cells), sizes, np.stack(pbcs)
+from .tensors import (
+    atoms_arrays,
+    batch_index_to_sizes,
+    graphs_tuple,
+    pad_graph,
+    sizes_to_batch_index,
+)
 
 
 def _is_traced(*xs: Any) -> bool:

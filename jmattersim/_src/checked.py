@@ -24,8 +24,8 @@ from jax.experimental import checkify
 
 from .checks import CapacityOverflowError, InvalidStructureError
 from .config import M3GNetConfig
-from .energy import energy_fn
-from .neighbors import TopologyCapacity, topology
+from .energy import unmasked_energy_fn, with_overflow_nan
+from .neighbors import TopologyCapacity
 
 
 def _in_jit_checks(atom_types: jnp.ndarray, positions: jnp.ndarray, lattice: jnp.ndarray) -> None:
@@ -86,22 +86,20 @@ def checked_energy_fn(
         ``energy_fn``'s: atom_types (N, max_z + 1), positions (N, 3) Å,
         lattice (3, 3) Å rows.
     """
-    base = energy_fn(config, capacity, soft_normalize=soft_normalize, **capacities)
     capacity = capacity or TopologyCapacity(**capacities)
+    energy_and_overflow = unmasked_energy_fn(config, capacity, soft_normalize)
 
     def energy(
         params: Any, atom_types: jnp.ndarray, positions: jnp.ndarray, lattice: jnp.ndarray
     ) -> jnp.ndarray:
         _in_jit_checks(atom_types, positions, lattice)
-        n_node = jnp.array([positions.shape[0]])
-        # the same topology energy_fn builds (XLA computes it once)
-        overflow = topology(positions, lattice[None], n_node, config, capacity).overflow
+        e, overflow = energy_and_overflow(params, atom_types, positions, lattice)
         checkify.check(
             ~overflow,
             f"neighbour capacity overflow: the structure does not fit "
             f"{capacity} (size it with jmattersim.capacity_for)",
         )
-        e = base(params, atom_types, positions, lattice)
+        e = with_overflow_nan(e, overflow)  # energy_fn's value
         checkify.check(jnp.isfinite(e), "the energy is not finite")
         return e
 
