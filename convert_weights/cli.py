@@ -9,10 +9,9 @@ import warnings
 from pathlib import Path
 
 from jmattersim._src.config import M3GNetConfig
+from jmattersim._src.conversion import ConversionError, convert_file, fetch_pretrained
 from jmattersim._src.published import canonical_name
-
-from .convert import ConversionError, convert_file, fetch_pretrained
-from .mapping import table
+from jmattersim._src.torch_names import table
 
 
 def main(argv: list[str] | None = None) -> int:

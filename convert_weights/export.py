@@ -1,5 +1,5 @@
 """A jmattersim model back to a MatterSim ``.pth`` checkpoint (the inverse of
-:mod:`convert_weights.convert`).
+:mod:`jmattersim._src.conversion`).
 
 The file is what upstream's ``Potential.save`` writes, less the training state:
 ``{"model_name": "m3gnet", "model": state_dict, "model_args": {...},
@@ -24,9 +24,8 @@ import numpy as np
 
 from jmattersim._src.checkpoint import Model, check_params
 from jmattersim._src.config import M3GNetConfig
-
-from .convert import ConversionError
-from .mapping import flax_shapes, is_transposed, torch_key
+from jmattersim._src.conversion import ConversionError
+from jmattersim._src.torch_names import flax_shapes, is_transposed, torch_key
 
 # The order of upstream's ``M3Gnet.get_model_args()``.
 _MODEL_ARGS = ("num_blocks", "units", "max_l", "max_n", "cutoff", "max_z", "threebody_cutoff")
@@ -71,7 +70,7 @@ def upstream_shapes(config: M3GNetConfig) -> dict[str, tuple[int, ...]]:
 
 def params_to_state_dict(params: Any, config: M3GNetConfig) -> dict[str, Any]:
     """Flax variables to upstream's ``state_dict``: the inverse of
-    :func:`convert_weights.convert.state_dict_to_params`.
+    :func:`jmattersim._src.conversion.state_dict_to_params`.
 
     Kernels are transposed back to torch's (out, in); every tensor is float32 and
     contiguous. Every key of upstream's ``M3Gnet(**model_args).state_dict()`` is

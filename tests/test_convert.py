@@ -12,10 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from convert_weights.cli import main  # noqa: E402
-from convert_weights.convert import ConversionError, convert_checkpoint  # noqa: E402
-from convert_weights.mapping import table  # noqa: E402
 from jmattersim._src.config import M3GNetConfig  # noqa: E402
+from jmattersim._src.conversion import ConversionError, convert_checkpoint  # noqa: E402
 from jmattersim._src.io import load_model  # noqa: E402
+from jmattersim._src.torch_names import table  # noqa: E402
 
 
 def edited(src: pathlib.Path, dst: pathlib.Path, edit) -> pathlib.Path:
@@ -127,7 +127,7 @@ def test_existing_output_is_kept_without_overwrite(checkpoints, tmp_path, capsys
 
 
 def test_published_name_without_network_says_pass_a_path(tmp_path, monkeypatch, capsys):
-    import convert_weights.convert as convert
+    import jmattersim._src.conversion as convert
 
     monkeypatch.setenv("JMATTERSIM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(convert, "UPSTREAM_CACHE", tmp_path / "nothing")

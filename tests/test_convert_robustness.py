@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 import jmattersim  # noqa: E402
 from convert_weights.cli import main  # noqa: E402
-from convert_weights.convert import ConversionError, convert_checkpoint  # noqa: E402
+from jmattersim._src.conversion import ConversionError, convert_checkpoint  # noqa: E402
 
 
 def refused(src: Path, tmp_path: Path, capsys, match: str) -> str:

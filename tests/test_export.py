@@ -16,12 +16,12 @@ upstream = pytest.importorskip("upstream")
 
 import jmattersim  # noqa: E402
 from convert_weights.cli import main  # noqa: E402
-from convert_weights.convert import ConversionError, convert_checkpoint  # noqa: E402
 from convert_weights.export import (  # noqa: E402
     export_checkpoint,
     params_to_state_dict,
     upstream_model_args,
 )
+from jmattersim._src.conversion import ConversionError, convert_checkpoint  # noqa: E402
 from jmattersim.testing import upstream_potential  # noqa: E402
 
 from conftest import mptrj_frames, small_cell  # noqa: E402

@@ -19,11 +19,11 @@ import ase.io  # noqa: E402
 from ase.units import GPa  # noqa: E402
 
 import jmattersim  # noqa: E402
-from convert_weights.mapping import torch_key  # noqa: E402
 from jmattersim._src import dataset, train_step  # noqa: E402
 from jmattersim._src.loss import LossSettings, pad_labels  # noqa: E402
 from jmattersim._src.normalize import refit_normalizer  # noqa: E402
 from jmattersim._src.padding import pad, tight_budget, total_counts  # noqa: E402
+from jmattersim._src.torch_names import torch_key  # noqa: E402
 from jmattersim.testing import upstream_potential  # noqa: E402
 
 from conftest import MPTRJ, mptrj_frames  # noqa: E402
@@ -155,7 +155,7 @@ def test_fine_tuned_model_round_trips_through_upstream(small_model, tmp_path):
     upstream's own loader predicts what jmattersim predicts, and converting it back
     gives identical parameters."""
     from convert_weights.cli import main as convert
-    from convert_weights.convert import convert_checkpoint
+    from jmattersim._src.conversion import convert_checkpoint
 
     from upstream import predict
 

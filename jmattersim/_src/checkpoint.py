@@ -1,6 +1,6 @@
 """Converted models on disk: an Orbax checkpoint plus ``config.json``.
 
-Below the conversion (``convert_weights``) and the name resolution
+Below the conversion (:mod:`jmattersim._src.conversion`) and the name resolution
 (:mod:`jmattersim._src.io`): nothing here reads ``.pth`` files or downloads.
 
 Layout of a model directory::

@@ -88,7 +88,7 @@ def demo_model(name: str = DEFAULT, seed: int = 0) -> Demo:
         is, and its checkpoint.
     """
     try:
-        from convert_weights.convert import fetch_pretrained
+        from .conversion import fetch_pretrained
 
         path = fetch_pretrained(name)
         return Demo(load_model(path), f"the published {name} checkpoint", path)

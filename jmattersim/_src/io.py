@@ -2,7 +2,7 @@
 ``load_committee``: a committee directory, or several models stacked.
 
 Above both the on-disk format (:mod:`jmattersim._src.checkpoint`) and the conversion
-(``convert_weights``, which needs torch only for ``.pth`` files).
+(:mod:`jmattersim._src.conversion`, which needs torch only for ``.pth`` files).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def load_model(path: str | os.PathLike) -> Model:
         path = pretrained(str(path))
     path = Path(path).expanduser()
     if path.is_file():
-        from convert_weights.convert import convert_checkpoint
+        from .conversion import convert_checkpoint
 
         return convert_checkpoint(path)
     if not path.exists():
@@ -94,7 +94,7 @@ def pretrained(name: str) -> Path:
     target = cache_dir() / canonical
     if (target / "config.json").is_file():
         return target
-    from convert_weights.convert import convert_file, fetch_pretrained
+    from .conversion import convert_file, fetch_pretrained
 
     convert_file(fetch_pretrained(canonical), target, overwrite=True)
     return target

@@ -4,7 +4,7 @@ Upstream wraps every ``nn.Linear`` in a one-layer module (``LinearLayer``,
 ``SwishLayer``, ``SigmoidLayer``) whose weights sit at ``<name>.linear.*``; here
 each is one ``nn.Dense`` named ``<name>`` and the activation is applied by the
 caller, so the torch key ``a.b.0.linear.weight`` becomes the Flax path
-``a/b_0/kernel`` (see ``convert_weights.mapping``).
+``a/b_0/kernel`` (see ``jmattersim._src.torch_names``).
 """
 
 from __future__ import annotations

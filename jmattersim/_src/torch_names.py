@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import jax
 
-from jmattersim._src.config import M3GNetConfig
+from .config import M3GNetConfig
 
 FlaxPath = tuple[str, ...]
 
@@ -46,7 +46,7 @@ def is_transposed(path: FlaxPath) -> bool:
 
 def flax_shapes(config: M3GNetConfig) -> dict[FlaxPath, tuple[int, ...]]:
     """Every Flax variable of the model for ``config``, with its shape."""
-    from jmattersim._src.model import init_params
+    from .model import init_params
 
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]

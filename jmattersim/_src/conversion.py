@@ -1,4 +1,5 @@
-"""MatterSim ``.pth`` checkpoint to a jmattersim model (Orbax + config).
+"""MatterSim ``.pth`` checkpoint to a jmattersim model (Orbax + config), the conversion
+that ``load_model`` and the ``convert_weights`` command line share.
 
 The checkpoint is read with ``torch.load(weights_only=True)``: tensors and
 plain containers only, so a crafted pickle cannot run code.
@@ -20,13 +21,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jmattersim._src.checkpoint import Model, atomic_directory, save_model
-from jmattersim._src.config import M3GNetConfig
-from jmattersim._src.model import basis
-from jmattersim._src.published import UPSTREAM_CACHE, UPSTREAM_URL, canonical_name
-from jmattersim._src.runtime import cache_dir
-
-from .mapping import flax_shapes, is_transposed, torch_key
+from .checkpoint import Model, atomic_directory, save_model
+from .config import M3GNetConfig
+from .model import basis
+from .published import UPSTREAM_CACHE, UPSTREAM_URL, canonical_name
+from .runtime import cache_dir
+from .torch_names import flax_shapes, is_transposed, torch_key
 
 
 class ConversionError(ValueError):
