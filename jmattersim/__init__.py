@@ -2,8 +2,9 @@
 
 Load a converted model, then use the ASE calculator, the batch API, or the pure,
 differentiable energy functions underneath them. Units: eV, Å, eV/Å; stress in
-eV/Å³ where a field is called ``stress`` (ASE's unit), in GPa where it says so
-(``stress_gpa``) and in ``forward_batch``'s ``stresses`` (upstream's batch unit).
+eV/Å³ where a field is called ``stress`` (ASE's unit), in GPa where the name says so
+(``Predictions.stress_gpa``) and in ``forward_batch``'s ``stresses`` (upstream's
+batch unit).
 
 The implementation lives in private modules (``jmattersim._src``); the names below,
 :mod:`jmattersim.jax_md` and :mod:`jmattersim.testing` are the public API.
@@ -25,9 +26,9 @@ from ._src.committee import Committee, save_committee, stack_models  # noqa: E40
 from ._src.config import M3GNetConfig  # noqa: E402
 from ._src.dataset import InvalidLabelError  # noqa: E402
 from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
-from ._src.energy import Predictions, energy_fn  # noqa: E402
+from ._src.energy import energy_fn  # noqa: E402
 from ._src.engine import LADDER  # noqa: E402
-from ._src.evaluate import Result, evaluate  # noqa: E402
+from ._src.evaluate import evaluate  # noqa: E402
 from ._src.hessian import hessian, hessian_columns  # noqa: E402
 from ._src.io import load_committee, load_model  # noqa: E402
 from ._src.minimum import NotAtMinimumWarning  # noqa: E402
@@ -35,6 +36,7 @@ from ._src.neighbor_list import NeighborList, neighbor_list, neighbors_stale  # 
 from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
 from ._src.padding import BatchBudget  # noqa: E402
 from ._src.phonons import PhononSpectrum, phonon_spectrum, phonons  # noqa: E402
+from ._src.predictions import Predictions  # noqa: E402
 from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
 from ._src.sharding import graph_mesh  # noqa: E402
@@ -85,7 +87,6 @@ __all__ = [
     "PUBLISHED",
     "PhononSpectrum",
     "Predictions",
-    "Result",
     "TopologyCapacity",
     "TrainResult",
     "TrainSettings",

@@ -48,10 +48,10 @@ def stress_fields(cls) -> list[str]:
 def test_stress_units_are_unambiguous():
     """A field called ``stress`` is eV/Å³ (ASE's unit); GPa is always in the name,
     except forward_batch's ``stresses`` key (upstream's), documented as GPa."""
-    assert stress_fields(jmattersim.Result) == ["stress_gpa", "stress_std_gpa"]
-    assert stress_fields(jmattersim.Predictions) == ["stress"]
+    assert stress_fields(jmattersim.Predictions) == ["stress", "stress_std"]
     assert re.search(r"stress.*eV/Å\^?3|stress.*eV/Å³", inspect.getdoc(jmattersim.Predictions))
-    assert "GPa" in inspect.getdoc(jmattersim.Result)
+    assert "GPa" in inspect.getdoc(jmattersim.Predictions)
+    assert "GPa" in inspect.getdoc(jmattersim.Predictions.stress_gpa)
     assert re.search(r"stresses.*GPa", inspect.getdoc(jmattersim.forward_batch), re.S)
     assert "eV/Å" in inspect.getdoc(jmattersim.MatterSimCalculator)
 

@@ -32,10 +32,11 @@ from .arrays import Array
 from .batch_energy import batch_predict
 from .checkpoint import Model
 from .checks import structure_label
-from .energy import EV_PER_A3_TO_GPA, Predictions, energies, forces_and_stress
+from .energy import energies, forces_and_stress
 from .graph import StructureGraph, graph_of
 from .neighbor_list import NeighborList, neighbors_stale
 from .neighbors import TopologyCapacity, bucket_up
+from .predictions import Predictions
 from .tensors import (
     atoms_arrays,
     batch_index_to_sizes,
@@ -201,7 +202,7 @@ def forward_batch(
     if include_forces:
         result["forces"] = out.forces[:n_atoms]
     if include_stresses:
-        result["stresses"] = out.stress[:n_graphs] * EV_PER_A3_TO_GPA
+        result["stresses"] = out.stress_gpa[:n_graphs]  # upstream's key and unit
     return result
 
 

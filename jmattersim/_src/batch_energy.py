@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import jraph
 
@@ -147,6 +148,6 @@ def batch_properties_fn(
 
     def properties(params: Params, graph: jraph.GraphsTuple) -> Predictions:
         out, overflow = batch_predict(config, capacity, params, graph, soft_normalize, True, remat)
-        return Predictions(*(with_overflow_nan(v, overflow) for v in out))
+        return jax.tree_util.tree_map(lambda v: with_overflow_nan(v, overflow), out)
 
     return properties

@@ -13,9 +13,9 @@ from .arrays import default_float
 from .checkpoint import Model
 from .checks import structure_label
 from .committee import Committee
-from .energy import EV_PER_A3_TO_GPA
 from .graph import checked_graph
 from .io import load_model_or_committee
+from .predictions import EV_PER_A3_TO_GPA
 from .published import DEFAULT
 
 
@@ -127,6 +127,7 @@ class MatterSimCalculator(Calculator):
                 self.results["stress_std"] = self._voigt(out.stress_std)
 
     def _voigt(self, stress: np.ndarray) -> np.ndarray:
-        """(3, 3) eV/Å³ as (6,) Voigt in the calculator's unit (GPa × ``stress_weight``)."""
-        stress_gpa = np.asarray(stress, dtype=float) * EV_PER_A3_TO_GPA
-        return self.stress_weight * full_3x3_to_voigt_6_stress(stress_gpa)
+        """(3, 3) eV/Å³ as (6,) Voigt in the calculator's unit: upstream's GPa value
+        times ``stress_weight`` (eV/Å³ with the default ``ase.units.GPa``)."""
+        per_ev_a3 = EV_PER_A3_TO_GPA * self.stress_weight  # the unit's value of 1 eV/Å³
+        return per_ev_a3 * full_3x3_to_voigt_6_stress(np.asarray(stress, dtype=float))

@@ -1,4 +1,4 @@
-"""``jmattersim predict FILE``: energy, forces and stress of every frame;
+"""``jmattersim predict FILE``: energy, forces and stress (eV/Å³) of every frame;
 ``jmattersim phonons FILE``: phonons from exact force constants;
 ``jmattersim finetune TRAIN --out DIR``: fine-tuning (:mod:`jmattersim._src.cli_finetune`)."""
 
@@ -164,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jmattersim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"jmattersim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="energy, forces and stress of every frame of FILE")
+    p = sub.add_parser("predict", help="energy, forces and stress (eV/Å³) of every frame of FILE")
     p.add_argument("file", help="any structure file ASE reads (extxyz, cif, POSCAR, traj...)")
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help="converted model directory, a committee directory (adds energy_std, "
-        "forces_std and stress_std), a .pth checkpoint, or a published name "
+        "forces_std and stress_std, eV/Å³), a .pth checkpoint, or a published name "
         f"(default {DEFAULT_MODEL})",
     )
     p.add_argument("--out", help="output extxyz (default FILE.jmattersim.extxyz)")

@@ -34,7 +34,8 @@ from .config import M3GNetConfig
 @dataclasses.dataclass(frozen=True)
 class Committee:
     """K models of one architecture, evaluated together: the mean prediction and
-    the spread (population standard deviation) across members.
+    the spread (population standard deviation) across members, in one
+    [`Predictions`][jmattersim.Predictions] (its ``_std`` fields; stress eV/Å³).
 
     Make one with [`stack_models`][jmattersim.stack_models] or
     [`load_committee`][jmattersim.load_committee]; the calculator, ``evaluate``

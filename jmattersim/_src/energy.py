@@ -17,41 +17,22 @@ Stress follows upstream: a strain eps (G, 3, 3) deforms cell and positions as
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import jraph
-from ase.units import GPa
 
 from .arrays import Array
 from .config import M3GNetConfig
 from .model import M3GNet, ModelInputs
 from .neighbors import TopologyCapacity, topology
 from .padding import Batch
+from .predictions import EV_PER_A3_TO_GPA as EV_PER_A3_TO_GPA  # elastic, md read it here
+from .predictions import Predictions
 from .topology import Topology
 
 Params = Any  # Flax variables: {"params": ..., "constants": ...}
-
-EV_PER_A3_TO_GPA = 1.0 / GPa
-
-
-class Predictions(NamedTuple):
-    """Energies, forces and stresses of a padded batch, from
-    [`batch_properties_fn`][jmattersim.batch_properties_fn].
-
-    Graphs after the real ones, and their nodes, are padding.
-
-    Attributes:
-        energy: (G,) eV.
-        forces: (N, 3) eV/Å.
-        stress: (G, 3, 3) **eV/Å³** (ASE's unit and sign, positive under tension):
-            dE/dε / V for a strain ε applied as ``x @ (I + ε)``.
-    """
-
-    energy: Array
-    forces: Array
-    stress: Array
 
 
 def node_graph_index(n_node: Array, n_atoms: int) -> Array:

@@ -20,7 +20,8 @@ compiled functions: a process compiles at most one function per rung of
 A :class:`~jmattersim.Committee` of K models runs the same plan through
 :func:`predict_committee`: the model vmapped over the members' stacked variables,
 one compiled function per budget whatever K is (its working memory K times a
-model's), returning the member mean and population standard deviation.
+model's), returning the member mean and population standard deviation in one
+:class:`~jmattersim.Predictions` (its ``_std`` fields).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -38,9 +38,10 @@ from .arrays import default_float
 from .checkpoint import Model
 from .committee import Committee
 from .config import M3GNetConfig
-from .energy import Predictions, predict
+from .energy import predict
 from .graph import StructureGraph
 from .padding import BatchBudget, Counts, counts_of, pad, tight_budget
+from .predictions import Predictions
 
 # Budgets, smallest first: each rung four times the one below, the top rung
 # holding the largest structure of the shared data sets (9,872 edges, 161,528
@@ -58,22 +59,6 @@ edge, one atom per 8 edges). The calculator, ``evaluate``, ``jmattersim predict`
 process compiles at most one function per budget (and one per structure beyond the
 largest)."""
 SHORT_RUN = 4  # groups: up to this many run in the smallest rungs that hold them
-
-
-class Evaluation(NamedTuple):
-    """One structure's energy (eV), forces (N, 3) eV/Å and stress (3, 3) eV/Å^3
-    (ASE's sign); forces and stress are None without derivatives.
-
-    Of a committee: the member means, and in the ``_std`` fields the population
-    standard deviation across members (ddof=0; zero for one member), in the same
-    units and shapes. None for a single model."""
-
-    energy: float
-    forces: np.ndarray | None
-    stress: np.ndarray | None
-    energy_std: float | None = None
-    forces_std: np.ndarray | None = None
-    stress_std: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------ budgets
@@ -188,10 +173,11 @@ def predict_committee(
     derivatives: bool = True,
     within_cutoffs: bool = False,
     soft_normalize: bool = True,
-) -> tuple[Predictions, Predictions]:
+) -> Predictions:
     """:func:`predict_batch` of every member (``params`` stacked along a leading
-    member axis), vmapped: (member mean, population standard deviation), compiled
-    once per config, budget, dtype and committee size."""
+    member axis), vmapped: the member means, with the population standard
+    deviations (ddof=0) in the ``_std`` fields, compiled once per config, budget,
+    dtype and committee size."""
     return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 
 
@@ -201,7 +187,8 @@ def _committee(config, params, batch, derivatives, within_cutoffs, soft_normaliz
 
     members = jax.vmap(one)(params)
     mean = jax.tree_util.tree_map(lambda x: x.mean(axis=0), members)
-    return mean, jax.tree_util.tree_map(lambda x: x.std(axis=0), members)  # ddof=0
+    std = jax.tree_util.tree_map(lambda x: x.std(axis=0), members)  # ddof=0
+    return mean._replace(energy_std=std.energy, forces_std=std.forces, stress_std=std.stress)
 
 
 def _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize) -> Predictions:
@@ -220,25 +207,34 @@ def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], BatchBudg
     ]
 
 
-def _collect(step, result, graphs, out, stacked: bool, committee: bool = False) -> None:
-    """Copies one call's per-structure results into ``out`` (of a committee: a
-    (mean, std) pair of predictions)."""
+def _collect(step, result, graphs, out, stacked: bool) -> None:
+    """Copies one call's per-structure predictions into ``out``."""
     parts = sharding.unstack(result, len(step)) if stacked else [jax.device_get(result)]
     for group, part in zip(step, parts, strict=True):
-        mean, std = part if committee else (part, None)
         start = 0
         for i, k in enumerate(group):
-            n = graphs[k].n_node
-            value = _structure(mean, i, start, n)
-            out[k] = Evaluation(*value, *(_structure(std, i, start, n) if committee else ()))
-            start += n
+            out[k] = _structure(part, i, start, graphs[k].n_node)
+            start += graphs[k].n_node
 
 
-def _structure(part: Predictions, i: int, start: int, n: int) -> tuple:
-    """(energy, forces, stress) of graph ``i`` (nodes ``start:start + n``) of ``part``."""
-    forces = None if part.forces is None else np.asarray(part.forces[start : start + n])
-    stress = None if part.stress is None else np.asarray(part.stress[i])
-    return float(part.energy[i]), forces, stress
+def _structure(part: Predictions, i: int, start: int, n: int) -> Predictions:
+    """Graph ``i`` (nodes ``start:start + n``) of ``part``: energies as floats,
+    the other fields as numpy arrays (None stays None)."""
+
+    def graph(x, kind=np.asarray):
+        return None if x is None else kind(x[i])
+
+    def nodes(x):
+        return None if x is None else np.asarray(x[start : start + n])
+
+    return Predictions(
+        graph(part.energy, float),
+        nodes(part.forces),
+        graph(part.stress),
+        graph(part.energy_std, float),
+        nodes(part.forces_std),
+        graph(part.stress_std),
+    )
 
 
 @contextlib.contextmanager
@@ -283,9 +279,11 @@ def run(
     ladder: Sequence[BatchBudget] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     soft_normalize: bool = True,
-) -> list[Evaluation]:
-    """Energies (and forces, stresses) of ``graphs``, in their order; of a
-    committee, the member means with their standard deviations.
+) -> list[Predictions]:
+    """One [`Predictions`][jmattersim.Predictions] per graph, in their order (energy
+    float eV, forces (N, 3) eV/Å, stress (3, 3) eV/Å³, numpy; forces and stress
+    None without ``derivatives``); of a committee, the member means with their
+    standard deviations.
 
     Calls run one at a time (on a CPU, overlapping calls slow each other down and
     each holds its own working memory). With ``mesh`` (several devices), groups of
@@ -308,7 +306,7 @@ def run(
     else:
         steps = [([group], budget) for group, budget in groups]
     single = predict_committee if committee else predict_batch
-    out: list[Evaluation | None] = [None] * len(graphs)
+    out: list[Predictions | None] = [None] * len(graphs)
     for step, budget in steps:  # one call at a time: concurrent calls slow each other down
         batches = [pad([graphs[k] for k in g], budget, config, dtype) for g in step]
         if stacked_runs:
@@ -316,5 +314,5 @@ def run(
             result = run_step(params, sharding.place(sharding.stack(batches), mesh))
         else:
             result = single(config, params, batches[0], derivatives, within, soft_normalize)
-        _collect(step, result, graphs, out, stacked_runs, committee)
+        _collect(step, result, graphs, out, stacked_runs)
     return out  # type: ignore[return-value]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .arrays import Array
 from .dataset import LabelledFrame
-from .energy import EV_PER_A3_TO_GPA, Predictions
+from .predictions import Predictions
 
 
 class LossSettings(NamedTuple):
@@ -124,7 +124,7 @@ def batch_loss(pred: Predictions, labels: Labels, settings: LossSettings) -> Met
         loss = loss + settings.force_ratio * _mean(_pointwise(df, settings), labels.node_mask)
         mae_f = _mean(jnp.abs(df), labels.node_mask)
     if settings.stress:
-        ds = pred.stress * EV_PER_A3_TO_GPA - labels.stress
+        ds = pred.stress_gpa - labels.stress
         loss = loss + settings.stress_ratio * _mean(_pointwise(ds, settings), labels.graph_mask)
         mae_s = _mean(jnp.abs(ds), labels.graph_mask)
     return Metrics(loss, mae_e, mae_f, mae_s)

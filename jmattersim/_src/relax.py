@@ -28,7 +28,6 @@ from ase.units import GPa
 from . import engine
 from .checkpoint import Model
 from .checks import InvalidStructureError, structure_label
-from .energy import EV_PER_A3_TO_GPA
 from .graph import check_structures, checked_graph
 from .progress import progress_bar
 
@@ -281,7 +280,7 @@ def _step(
         done = run.opt.gradient_converged(run.opt.optimizable.get_gradient())
         if done and smax is not None:
             target = -run.pressure_gpa * np.eye(3)
-            done = float(np.abs(out.stress * EV_PER_A3_TO_GPA - target).max()) < smax
+            done = float(np.abs(out.stress_gpa - target).max()) < smax
         if done:
             run.status = "converged"
         elif run.opt.nsteps < max_steps:

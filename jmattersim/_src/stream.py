@@ -30,12 +30,13 @@ from .checkpoint import Model
 from .checks import structure_label
 from .committee import Committee, params_digest
 from .graph import checked_graph
+from .predictions import Predictions
 from .progress import progress_bar
 
 CHUNK = 256  # frames per chunk: enough groups that a chunk packs into the top budget
 
 
-def _labelled(atoms: Atoms, res: engine.Evaluation) -> Atoms:
+def _labelled(atoms: Atoms, res: Predictions) -> Atoms:
     atoms.calc = SinglePointCalculator(
         atoms,
         energy=res.energy,
