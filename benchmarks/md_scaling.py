@@ -90,7 +90,7 @@ def scaling(model, sizes, steps):
 def nve(model, steps, a=5.43, relaxed=False, dt=1.0, dtypes=("float64", "float32")):
     """NVE of 64 Si at 300 K. relaxed: start from the model's own minimum (positions
     and cell relaxed from diamond at ``a``), as one would before MD."""
-    from jmattersim.jax_md import md
+    from jmattersim import md
 
     for name in dtypes:
         with jax.enable_x64(name == "float64"):
@@ -136,7 +136,7 @@ def nve(model, steps, a=5.43, relaxed=False, dt=1.0, dtypes=("float64", "float32
 
 
 def nvt(model, steps):
-    from jmattersim.jax_md import md
+    from jmattersim import md
 
     for ensemble in ("nvt_nose_hoover", "nvt_langevin"):
         atoms = si(2)

@@ -2,7 +2,7 @@
 
     python benchmarks/phonon_workflow.py jm|up phonons|workflow|fc3 STRUCTURE MODEL N
 
-phonons: force constants only. jm: ``jmattersim.phonons`` (force constants from
+phonons: force constants only. jm: ``jmattersim.derivatives.phonons`` (force constants from
 exact Hessian rows); up: upstream MatterSim's ``PhononWorkflow`` with
 ``calc_spec=False`` (its displacements, one ASE calculation each, phonopy's force
 constants, symmetrised and saved).
@@ -10,7 +10,7 @@ workflow: the whole job with default arguments. jm: ``jmattersim phonons FILE
 --model M --supercell N --out DIR`` (force constants, mesh, band structure, DOS,
 a plot, phonopy's files); up: ``PhononWorkflow(...).run()`` (the same, plots at
 300 dpi).
-fc3: jm: ``jmattersim.fc3``; up: ``BTEWorkflow.compute_force_constants`` (pairs of
+fc3: jm: ``jmattersim.derivatives.fc3``; up: ``BTEWorkflow.compute_force_constants`` (pairs of
 displacements for phono3py). MODEL is a jmattersim model directory (jm) or a .pth
 checkpoint (up); N the supercell (N x N x N). Prints one JSON line: the seconds
 of the workflow alone and the number of displacements.
@@ -49,13 +49,15 @@ def main() -> None:
         model = jmattersim.load_model(model_path)
         start = time.perf_counter()
         if kind == "phonons":
-            phonon = jmattersim.phonons(model, atoms, matrix, mesh=False, band_path=None)
+            phonon = jmattersim.derivatives.phonons(
+                model, atoms, matrix, mesh=False, band_path=None
+            )
             phonon.save(
                 os.path.join(work, "phonopy_params.yaml"), settings={"force_constants": True}
             )
             count = len(phonon.dataset["first_atoms"])
         else:
-            ph3 = jmattersim.fc3(model, atoms, matrix)
+            ph3 = jmattersim.derivatives.fc3(model, atoms, matrix)
             count = len(ph3.supercells_with_displacements)
     else:
         from mattersim.forcefield.potential import MatterSimCalculator, Potential

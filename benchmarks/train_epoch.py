@@ -5,7 +5,7 @@ no validation set, nothing written.
     python benchmarks/train_epoch.py jm|up FRAMES.extxyz MODEL [--epochs N] [--max-epochs K]
         [--remat]
 
-jm: ``jmattersim.train(model, FRAMES, valid_fraction=0, out=None, epochs=..., batch_size=16,
+jm: ``jmattersim.train.train(model, FRAMES, valid_fraction=0, out=None, epochs=..., batch_size=16,
 include_forces=True, include_stresses=True, progress=False)`` (its defaults
 otherwise: Huber loss, delta 0.01, as upstream's ``finetune_mattersim.py``).
 up: upstream's ``finetune_mattersim.py`` without torch.distributed: read the
@@ -34,7 +34,7 @@ def run_jm(args) -> dict:
 
     model = jmattersim.load_model(args.model)
     t = time.perf_counter()
-    result = jmattersim.train(
+    result = jmattersim.train.train(
         model,
         args.frames,
         None,

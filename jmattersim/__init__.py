@@ -1,131 +1,84 @@
 """jmattersim: MatterSim's M3GNet in JAX.
 
-Load a converted model, then use the ASE calculator, the batch API, or the pure,
-differentiable energy functions underneath them. Units: eV, Å, eV/Å; stress in
-eV/Å³ where a field is called ``stress`` (ASE's unit), in GPa where the name says so
-(``Predictions.stress_gpa``) and in ``forward_batch``'s ``stresses`` (upstream's
-batch unit).
+Load a converted model, then use the ASE calculator, ``evaluate``, ``relax``, ``md``,
+or the pure, differentiable ``energy_fn`` and ``forward_batch`` underneath them.
+Units: eV, Å, eV/Å; stress in eV/Å³ where a field is called ``stress`` (ASE's unit),
+in GPa where it says so (``stress_gpa``) and in ``forward_batch``'s ``stresses``
+(upstream's batch unit).
 
-The implementation lives in private modules (``jmattersim._src``); the names below,
-:mod:`jmattersim.jax_md` and :mod:`jmattersim.testing` are the public API.
+The names below are the everyday API. The rest lives in public sub-modules named for
+what they hold, loaded on first use:
+
+- :mod:`jmattersim.batch`: jraph batches, their energy functions, neighbour lists,
+  budgets and capacities, the device mesh;
+- :mod:`jmattersim.checks`: input checks and ``checkify`` energies;
+- :mod:`jmattersim.derivatives`: Hessians, phonons, elastic constants, fc3, κ;
+- :mod:`jmattersim.train`: fine-tuning, committees, metrics;
+- :mod:`jmattersim.jax_md`: neighbour lists and energies in jax-md's conventions;
+- :mod:`jmattersim.testing`: random-weight models in MatterSim's format.
+
+The implementation lives in private modules (``jmattersim._src``).
 """
+
+from typing import TYPE_CHECKING
 
 from ._src import runtime as _runtime
 
 _runtime.configure()  # a caching allocator and the persistent compile cache, before JAX runs
 
-from ._src.anharmonic import fc3, thermal_conductivity  # noqa: E402
-from ._src.array_checks import check_arrays  # noqa: E402
 from ._src.batch import forward_batch  # noqa: E402
-from ._src.batch_energy import batch_energy_fn, batch_properties_fn  # noqa: E402
 from ._src.calculator import MatterSimCalculator  # noqa: E402
-from ._src.checked import checked, checked_energy_fn  # noqa: E402
-from ._src.checkpoint import Model, init_model, save_model  # noqa: E402
-from ._src.checks import CapacityOverflowError, InvalidStructureError, check_atoms  # noqa: E402
-from ._src.committee import Committee, save_committee, stack_models  # noqa: E402
+from ._src.checkpoint import Model, save_model  # noqa: E402
+from ._src.checks import CapacityOverflowError, InvalidStructureError  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
-from ._src.dataset import InvalidLabelError  # noqa: E402
-from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
 from ._src.energy import energy_fn  # noqa: E402
-from ._src.engine import LADDER  # noqa: E402
 from ._src.evaluate import evaluate  # noqa: E402
-from ._src.hessian import hessian, hessian_columns  # noqa: E402
-from ._src.io import load_committee, load_model  # noqa: E402
-from ._src.minimum import NotAtMinimumWarning  # noqa: E402
-from ._src.neighbor_list import NeighborList, neighbor_list, neighbors_stale  # noqa: E402
-from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
-from ._src.padding import BatchBudget  # noqa: E402
-from ._src.phonons import PhononSpectrum, phonon_spectrum, phonons  # noqa: E402
+from ._src.io import load_model  # noqa: E402
+from ._src.neighbors import capacity_for  # noqa: E402
 from ._src.predictions import Predictions  # noqa: E402
 from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
-from ._src.sharding import graph_mesh  # noqa: E402
 from ._src.stream import predict_file  # noqa: E402
-from ._src.tensors import (  # noqa: E402
-    batch_index_to_sizes,
-    graphs_tuple,
-    pad_graph,
-    sizes_to_batch_index,
-)
-from ._src.train import train  # noqa: E402
-from ._src.train_metrics import plot_metrics, read_metrics  # noqa: E402
-from ._src.train_settings import TrainResult, TrainSettings  # noqa: E402
 
-# Loaded on first use: jax-md takes seconds to import, torch more (testing).
-_LAZY = {"jax_md": ("jax_md", None), "md": ("jax_md", "md"), "testing": ("testing", None)}
+if TYPE_CHECKING:  # loaded on first use by __getattr__: it imports jax-md
+    from ._src.md import md
+
+SUBMODULES = ("batch", "checks", "derivatives", "jax_md", "testing", "train")
+"""The public sub-modules (imported on first use: jax-md takes seconds, torch more)."""
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
-        module_name, attribute = _LAZY[name]
-        module = importlib.import_module(f".{module_name}", __name__)
-        value = module if attribute is None else getattr(module, attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'jmattersim' has no attribute '{name}'")
+    if name in SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name == "md":  # imports jax-md
+        value = importlib.import_module("._src.md", __name__).md
+    else:
+        raise AttributeError(f"module 'jmattersim' has no attribute '{name}'")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*__all__, *SUBMODULES])
 
 
 __all__ = [
-    "BatchBudget",
+    "PUBLISHED",
     "CapacityOverflowError",
-    "Committee",
-    "ElasticTensor",
-    "InvalidLabelError",
     "InvalidStructureError",
-    "LADDER",
     "M3GNetConfig",
     "MatterSimCalculator",
     "Model",
-    "NeighborList",
-    "NotAtMinimumWarning",
-    "PUBLISHED",
-    "PhononSpectrum",
     "Predictions",
-    "TopologyCapacity",
-    "TrainResult",
-    "TrainSettings",
-    "batch_energy_fn",
-    "batch_index_to_sizes",
-    "batch_properties_fn",
     "capacity_for",
-    "check_arrays",
-    "check_atoms",
-    "checked",
-    "checked_energy_fn",
-    "elastic_tensor",
     "energy_fn",
     "evaluate",
-    "fc3",
     "forward_batch",
-    "graph_mesh",
-    "graphs_tuple",
-    "hessian",
-    "hessian_columns",
-    "init_model",
-    "jax_md",
-    "load_committee",
     "load_model",
     "md",
-    "neighbor_list",
-    "neighbors_stale",
-    "pad_graph",
-    "phonon_spectrum",
-    "phonons",
-    "plot_metrics",
     "predict_file",
-    "read_metrics",
     "relax",
-    "save_committee",
     "save_model",
-    "sizes_to_batch_index",
-    "stack_models",
-    "testing",
-    "thermal_conductivity",
-    "train",
 ]

@@ -16,7 +16,7 @@ from ._src.jax_md import (
     mattersim_neighbor_list,
     one_hot,
 )
-from ._src.md import ENSEMBLES, md
+from ._src.md import ENSEMBLES
 
 __all__ = [
     "ENSEMBLES",
@@ -25,6 +25,5 @@ __all__ = [
     "NeighborListCapacity",
     "atoms_to_jax_md",
     "mattersim_neighbor_list",
-    "md",
     "one_hot",
 ]

@@ -24,6 +24,7 @@ import os
 import warnings
 from pathlib import Path
 
+from ._src.checkpoint import init_model
 from ._src.examples import Demo, demo_model, random_checkpoint
 from ._src.published import ARCHITECTURES as _PUBLISHED
 
@@ -101,6 +102,7 @@ __all__ = [
     "Demo",
     "demo_model",
     "genuine_checkpoint",
+    "init_model",
     "random_checkpoint",
     "upstream_graph",
     "upstream_potential",

@@ -15,7 +15,7 @@ import jmattersim
 pytestmark = pytest.mark.fast
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLIC_MODULES = {"jax_md", "testing"}
+PUBLIC_MODULES = {"batch", "checks", "derivatives", "jax_md", "testing", "train"}
 
 
 def test_no_public_function_shares_its_name_with_a_submodule():
@@ -25,14 +25,29 @@ def test_no_public_function_shares_its_name_with_a_submodule():
         spec = importlib.util.find_spec(f"jmattersim.{name}")
         assert is_module == (spec is not None), f"jmattersim.{name}"
     modules = {p.stem for p in (REPO / "jmattersim").glob("*.py")} - {"__init__", "__main__"}
-    assert modules == PUBLIC_MODULES
-    assert {
-        n for n in jmattersim.__all__ if inspect.ismodule(getattr(jmattersim, n))
-    } == PUBLIC_MODULES
+    assert modules == PUBLIC_MODULES == set(jmattersim.SUBMODULES)
+    assert not any(inspect.ismodule(getattr(jmattersim, n)) for n in jmattersim.__all__)
+
+
+def public_modules() -> list:
+    return [jmattersim, *(getattr(jmattersim, m) for m in sorted(PUBLIC_MODULES))]
+
+
+def test_a_small_top_level_and_every_name_under_one_public_path():
+    """At most 20 names at the top level; no object under two public names."""
+    assert len(jmattersim.__all__) <= 20
+    paths: dict[int, list[str]] = {}
+    for module in public_modules():
+        for name in module.__all__:
+            value = getattr(module, name)
+            if callable(value) or inspect.ismodule(value):
+                paths.setdefault(id(value), []).append(f"{module.__name__}.{name}")
+    twice = [p for p in paths.values() if len(p) > 1]
+    assert not twice, f"names reachable under two public paths: {twice}"
 
 
 def test_every_public_name_resolves_and_is_documented():
-    for module in (jmattersim, jmattersim.jax_md, jmattersim.testing):
+    for module in public_modules():
         assert module.__doc__
         for name in module.__all__:
             value = getattr(module, name)

@@ -42,7 +42,7 @@ def members(small_model):
 
 @pytest.fixture(scope="module")
 def committee(members):
-    return jmattersim.stack_models(members)
+    return jmattersim.train.stack_models(members)
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +97,15 @@ def test_members_and_refusals(small_model, members, committee):
         small_model, config=dataclasses.replace(small_model.config, units=8)
     )
     with pytest.raises(ValueError, match="model 1 has config .* one architecture"):
-        jmattersim.stack_models([small_model, other])
+        jmattersim.train.stack_models([small_model, other])
     with pytest.raises(ValueError, match="at least one model"):
-        jmattersim.stack_models([])
+        jmattersim.train.stack_models([])
 
 
 def test_save_load_round_trip(small_model, committee, tmp_path):
-    out = jmattersim.save_committee(committee, tmp_path / "committee")
+    out = jmattersim.train.save_committee(committee, tmp_path / "committee")
     assert json.loads((out / "config.json").read_text())["committee"] == K
-    loaded = jmattersim.load_committee(out)
+    loaded = jmattersim.train.load_committee(out)
     assert loaded.config == committee.config and loaded.source == committee.source
     for a, b in zip(
         jax.tree_util.tree_leaves(loaded.params),
@@ -114,18 +114,18 @@ def test_save_load_round_trip(small_model, committee, tmp_path):
     ):
         # exact: a save/load round trip of stored parameters
         np.testing.assert_array_equal(a, b)
-    assert isinstance(load_model_or_committee(out), jmattersim.Committee)
+    assert isinstance(load_model_or_committee(out), jmattersim.train.Committee)
     with pytest.raises(ValueError, match=f"committee of {K} members.*load_committee"):
         jmattersim.load_model(out)
     with pytest.raises(FileExistsError):
-        jmattersim.save_committee(committee, out)
+        jmattersim.train.save_committee(committee, out)
     single = jmattersim.save_model(small_model, tmp_path / "single")
     with pytest.raises(ValueError, match="single model, not a committee"):
-        jmattersim.load_committee(single)
+        jmattersim.train.load_committee(single)
     meta = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**meta, "committee": K + 1}))
     with pytest.raises(ValueError, match=f"leading member axis of {K + 1}"):
-        jmattersim.load_committee(out)
+        jmattersim.train.load_committee(out)
 
 
 def test_calculator_results(committee, structures, results):
@@ -150,7 +150,7 @@ def test_calculator_results(committee, structures, results):
 def test_predict_writes_the_spread(committee, structures, results, tmp_path):
     src = tmp_path / "frames.extxyz"
     ase.io.write(src, structures, format="extxyz")
-    model_dir = jmattersim.save_committee(committee, tmp_path / "committee")
+    model_dir = jmattersim.train.save_committee(committee, tmp_path / "committee")
     out = tmp_path / "out.extxyz"
     assert (
         cli.main(["predict", str(src), "--model", str(model_dir), "--out", str(out), "--quiet"])
@@ -164,5 +164,5 @@ def test_predict_writes_the_spread(committee, structures, results, tmp_path):
         np.testing.assert_allclose(frame.get_forces(), want.forces, atol=1e-6)
     member = committee.member(0)
     ids = [_source_id(src, 8, m) for m in (committee, member)]
-    ids.append(_source_id(src, 8, jmattersim.stack_models([member, member])))
+    ids.append(_source_id(src, 8, jmattersim.train.stack_models([member, member])))
     assert len({json.dumps(i, sort_keys=True) for i in ids}) == 3

@@ -91,7 +91,7 @@ def test_every_path_derives_forces_and_stress_in_one_place(small_model, si_batch
 
         return forces
 
-    nbrs = jmattersim.neighbor_list(model, [si], skin=0.5)
+    nbrs = jmattersim.batch.neighbor_list(model, [si], skin=0.5)
     capacity = jmattersim.capacity_for([si], config, headroom=1.5)
     assert _derives(traced(neighbors=nbrs), positions), "forward_batch(neighbors=)"
     assert _derives(traced(capacity=capacity), positions), "forward_batch(capacity=)"

@@ -125,7 +125,7 @@ def test_clamped_ion_tensor_equals_finite_differences_of_stress(small_model, key
     atoms = si_diamond() if key == "si_diamond" else triclinic()
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotAtMinimumWarning)
-        et = jmattersim.elastic_tensor(small_model, atoms, relaxed_ions=False)
+        et = jmattersim.derivatives.elastic_tensor(small_model, atoms, relaxed_ions=False)
         fd = finite_difference_tensor(small_model, strained_pairs(atoms, H_CLAMPED), H_CLAMPED)
     assert et.relaxed_gpa is None and et.voigt_gpa is et.clamped_gpa
     assert et.clamped_gpa.shape == (6, 6) and et.clamped_gpa.dtype == np.float64
@@ -141,7 +141,7 @@ def test_cubic_symmetry_of_relaxed_diamond_si(small_model):
     (this model's diamond Si is a saddle: unstable at Γ and in shear)."""
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("error", NotAtMinimumWarning)
-        et = jmattersim.elastic_tensor(small_model, si_diamond())
+        et = jmattersim.derivatives.elastic_tensor(small_model, si_diamond())
     for c in (et.clamped_gpa, et.relaxed_gpa):
         scale = np.abs(c).max()
         assert scale > 0.5
@@ -165,7 +165,7 @@ def test_relaxed_ion_tensor_equals_finite_differences_with_relaxed_positions(sti
     with jax.enable_x64(True):
         with warnings.catch_warnings():
             warnings.simplefilter("error", NotAtMinimumWarning)
-            et = jmattersim.elastic_tensor(stiff, atoms)
+            et = jmattersim.derivatives.elastic_tensor(stiff, atoms)
         strained = strained_pairs(atoms, H_RELAXED)
         relaxed = jmattersim.relax(
             stiff, strained, fmax=1e-5, relax_cell=False, optimizer="BFGS", max_steps=200
@@ -197,7 +197,7 @@ def test_voigt_reuss_hill_of_an_isotropic_tensor():
     """Lamé λ = 60, μ = 30 GPa: K = λ + 2μ/3 = 80, G = μ = 30 (Voigt = Reuss),
     E = μ(3λ + 2μ)/(λ + μ) = 80, ν = λ / 2(λ + μ) = 1/3."""
     c = cubic_tensor(120.0, 60.0, 30.0)
-    et = jmattersim.ElasticTensor(voigt_gpa=c, clamped_gpa=c)
+    et = jmattersim.derivatives.ElasticTensor(voigt_gpa=c, clamped_gpa=c)
     for value, expected in [
         (et.bulk_voigt_gpa, 80.0),
         (et.bulk_reuss_gpa, 80.0),
@@ -216,7 +216,7 @@ def test_voigt_reuss_hill_of_a_cubic_tensor():
     forms: K = (C11 + 2 C12)/3 = 97.8333, G_V = (C11 - C12 + 3 C44)/5 = 68.12,
     G_R = 5 (C11 - C12) C44 / (4 C44 + 3 (C11 - C12)) = 40516.4 / 623.8."""
     c = cubic_tensor(165.7, 63.9, 79.6)
-    et = jmattersim.ElasticTensor(voigt_gpa=c, clamped_gpa=c)
+    et = jmattersim.derivatives.ElasticTensor(voigt_gpa=c, clamped_gpa=c)
     k, g_v, g_r = 293.5 / 3, 68.12, 40516.4 / 623.8
     g = (g_v + g_r) / 2
     assert et.bulk_voigt_gpa == pytest.approx(k, rel=1e-12)
@@ -240,7 +240,7 @@ def test_a_rattled_structure_warns_naming_the_largest_residual_force(stiff):
         with warnings.catch_warnings():
             warnings.simplefilter("error", NotAtMinimumWarning)
             with pytest.raises(NotAtMinimumWarning) as raised:
-                jmattersim.elastic_tensor(stiff, cs)
+                jmattersim.derivatives.elastic_tensor(stiff, cs)
     message = str(raised.value)
     assert re.search(
         rf"structure \(Cs3\): elastic constants .* largest residual force is "
@@ -257,13 +257,13 @@ def test_non_periodic_input_is_refused(small_model, pbc):
         atoms.center(vacuum=3.0)
     formula = "H2O" if pbc is False else "Si2"
     with pytest.raises(ValueError, match=rf"structure \({formula}\): elastic constants need"):
-        jmattersim.elastic_tensor(small_model, atoms)
+        jmattersim.derivatives.elastic_tensor(small_model, atoms)
 
 
 def test_float32_by_default_close_to_float64(small_model):
     with jax.enable_x64(True):
-        et64 = jmattersim.elastic_tensor(small_model, si_diamond())
-    et32 = jmattersim.elastic_tensor(small_model, si_diamond())
+        et64 = jmattersim.derivatives.elastic_tensor(small_model, si_diamond())
+    et32 = jmattersim.derivatives.elastic_tensor(small_model, si_diamond())
     assert et32.clamped_gpa.dtype == np.float32 and et32.relaxed_gpa.dtype == np.float32
     assert relative_error(et32.clamped_gpa, et64.clamped_gpa) <= 1e-4
     assert relative_error(et32.relaxed_gpa, et64.relaxed_gpa) <= 1e-4

@@ -114,14 +114,14 @@ def test_traced_forward_batch_with_a_host_list_equals_the_concrete_path(model, m
         return out, -grad
 
     ref = forward_batch(model, mixed_batch, include_forces=True, include_stresses=True)
-    out, minus_grad = run(pos, jmattersim.neighbor_list(model, mixed_batch))
+    out, minus_grad = run(pos, jmattersim.batch.neighbor_list(model, mixed_batch))
     np.testing.assert_allclose(out["total_energy"], ref["total_energy"], rtol=1e-6)
     np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-4)
     np.testing.assert_allclose(out["stresses"], ref["stresses"], atol=1e-3)
     np.testing.assert_allclose(minus_grad, ref["forces"], atol=2e-5, rtol=1e-5)
     assert not bool(out["neighbors_stale"])
 
-    skinned = jmattersim.neighbor_list(model, mixed_batch, skin=0.5)
+    skinned = jmattersim.batch.neighbor_list(model, mixed_batch, skin=0.5)
     rng = np.random.default_rng(0)
     for step, stale in ((0.1, False), (0.4, True)):  # largest displacement 0.1 / 0.4 A
         moved = pos + jnp.asarray(rng.uniform(-1, 1, pos.shape) * step / np.sqrt(3), jnp.float32)

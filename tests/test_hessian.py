@@ -78,7 +78,7 @@ def test_hessian_equals_finite_differences_of_forces(small_model, key):
     atoms = CASES[key]
     n = len(atoms)
     with jax.enable_x64(True):
-        exact = jmattersim.hessian(small_model, atoms)
+        exact = jmattersim.derivatives.hessian(small_model, atoms)
         moved = displaced(atoms)
         fd = central_differences(np.array([smooth_forces(small_model, m) for m in moved]), n)
         public = central_differences(
@@ -105,8 +105,8 @@ def test_hessian_equals_finite_differences_of_forces(small_model, key):
 def test_columns_and_chunks_give_the_same_rows(small_model):
     atoms = CASES["mptrj_3_elements"]
     with jax.enable_x64(True):
-        full = jmattersim.hessian(small_model, atoms)
-        rows = jmattersim.hessian_columns(small_model, atoms, [2, 0], atoms_chunk=1)
+        full = jmattersim.derivatives.hessian(small_model, atoms)
+        rows = jmattersim.derivatives.hessian_columns(small_model, atoms, [2, 0], atoms_chunk=1)
     # Two programs (other chunkings): equal to float64 rounding relative to the
     # matrix's scale, not bit for bit (XLA may round differently per program).
     want = full[[2, 0]]
@@ -116,7 +116,7 @@ def test_columns_and_chunks_give_the_same_rows(small_model):
 
 
 def test_float32_by_default(small_model):
-    assert jmattersim.hessian(small_model, CASES["si_diamond"]).dtype == np.float32
+    assert jmattersim.derivatives.hessian(small_model, CASES["si_diamond"]).dtype == np.float32
 
 
 def test_a_chunk_that_does_not_fit_says_which_would(small_model, monkeypatch):
@@ -124,14 +124,14 @@ def test_a_chunk_that_does_not_fit_says_which_would(small_model, monkeypatch):
 
     monkeypatch.setattr(module, "_available_memory", lambda: 1 << 20)  # 1 MiB
     with pytest.raises(MemoryError, match=r"structure \(Si2\).*pass atoms_chunk=1 or smaller"):
-        jmattersim.hessian(small_model, CASES["si_diamond"], atoms_chunk=2)
+        jmattersim.derivatives.hessian(small_model, CASES["si_diamond"], atoms_chunk=2)
 
 
 def test_bad_input_is_named(small_model):
     close = CASES["si_diamond"].copy()
     close.positions[1] = close.positions[0] + 0.1
     with pytest.raises(jmattersim.InvalidStructureError, match=r"structure \(Si2\)"):
-        jmattersim.hessian(small_model, close)
+        jmattersim.derivatives.hessian(small_model, close)
 
 
 def test_straight_triplets_have_their_bending_curvature(small_model):
@@ -149,7 +149,7 @@ def test_straight_triplets_have_their_bending_curvature(small_model):
         pbc=True,
     )
     with jax.enable_x64(True):
-        exact = jmattersim.hessian_columns(small_model, sto, [1])[0]  # Ti: (3, N, 3)
+        exact = jmattersim.derivatives.hessian_columns(small_model, sto, [1])[0]  # Ti: (3, N, 3)
         errors = []
         for h in (1e-2, 1e-3):
             moved = []

@@ -20,7 +20,8 @@ from ase.build import bulk
 from jax_md import minimize, space
 
 import jmattersim
-from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list, md
+from jmattersim import md
+from jmattersim.jax_md import atoms_to_jax_md, mattersim_neighbor_list
 
 
 def si64():

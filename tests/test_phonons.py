@@ -99,7 +99,7 @@ def test_phonons_match_upstream_phonon_workflow(scaled, key, tmp_path):
     model, calc = scaled
     with jax.enable_x64(True):
         build, relax = STRUCTURES[key]
-        phonon = jmattersim.phonons(model, build(), 2, relax=relax, band_path=None)
+        phonon = jmattersim.derivatives.phonons(model, build(), 2, relax=relax, band_path=None)
     relaxed = ase_atoms(phonon.unitcell)
     phonon.run_mesh(MESH)
     ours = phonon.mesh.frequencies
@@ -126,9 +126,9 @@ def test_phonopy_force_constants_are_the_exact_hessian(small_model):
     cell.symbols[[1, 6]] = ["Ge", "C"]
     cell.rattle(0.02, seed=4)
     with jax.enable_x64(True), warnings.catch_warnings():
-        warnings.simplefilter("ignore", jmattersim.NotAtMinimumWarning)
-        phonon = jmattersim.phonons(small_model, cell, 1, mesh=False, band_path=None)
-        hessian = jmattersim.hessian(small_model, cell)
+        warnings.simplefilter("ignore", jmattersim.derivatives.NotAtMinimumWarning)
+        phonon = jmattersim.derivatives.phonons(small_model, cell, 1, mesh=False, band_path=None)
+        hessian = jmattersim.derivatives.hessian(small_model, cell)
     assert len(phonon.dataset["first_atoms"]) >= 24  # P1: 8 atoms x 3 directions (x2)
     fc = phonon.force_constants  # (N, N, 3, 3)
     exact = hessian.transpose(0, 2, 1, 3)
@@ -142,16 +142,16 @@ def test_phonons_warn_away_from_a_minimum(small_model):
     rattled.symbols[[1, 6]] = ["Ge", "C"]
     rattled.rattle(0.05, seed=2)
     message = r"\(CGeSi6\).*largest residual force is 0.0419 eV/Å on atom 4 \(Si\)"
-    with pytest.warns(jmattersim.NotAtMinimumWarning, match=message):
-        jmattersim.phonons(small_model, rattled, 1, mesh=False, band_path=None)
+    with pytest.warns(jmattersim.derivatives.NotAtMinimumWarning, match=message):
+        jmattersim.derivatives.phonons(small_model, rattled, 1, mesh=False, band_path=None)
 
 
 def test_phonon_spectrum_arrays_and_figure(small_model):
     si = bulk("Si", "diamond", 5.43)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jmattersim.NotAtMinimumWarning)
-        phonon = jmattersim.phonons(small_model, si, 2, mesh=[4, 4, 4])
-    spectrum = jmattersim.phonon_spectrum(phonon)
+        warnings.simplefilter("ignore", jmattersim.derivatives.NotAtMinimumWarning)
+        phonon = jmattersim.derivatives.phonons(small_model, si, 2, mesh=[4, 4, 4])
+    spectrum = jmattersim.derivatives.phonon_spectrum(phonon)
     assert len(spectrum.distances) == len(spectrum.frequencies) >= 1
     assert all(f.shape[1] == 6 for f in spectrum.frequencies)
     assert spectrum.dos.shape == spectrum.dos_frequencies.shape
@@ -185,7 +185,10 @@ def test_mixed_third_derivatives_equal_finite_differences_of_the_hessian(small_m
             plus, minus = cell.copy(), cell.copy()
             plus.positions[atom] += h * u2
             minus.positions[atom] -= h * u2
-            rows = [jmattersim.hessian_columns(small_model, a, [2])[0] for a in (plus, minus)]
+            rows = [
+                jmattersim.derivatives.hessian_columns(small_model, a, [2])[0]
+                for a in (plus, minus)
+            ]
             fd = np.einsum("a,ajb->jb", u1, (rows[0] - rows[1]) / (2 * h))
             scale = np.abs(fd).max()
             assert scale > 1e-3
@@ -197,8 +200,8 @@ def test_fc3_equals_finite_differences_of_the_hessian(small_model):
     (float64): fc3[p, j, k, a, b, c] = d/dr_jb of H[i_p a, k c]."""
     cell = bulk("Si", "diamond", 5.43)
     with jax.enable_x64(True), warnings.catch_warnings():
-        warnings.simplefilter("ignore", jmattersim.NotAtMinimumWarning)
-        ph3 = jmattersim.fc3(small_model, cell, 2)
+        warnings.simplefilter("ignore", jmattersim.derivatives.NotAtMinimumWarning)
+        ph3 = jmattersim.derivatives.fc3(small_model, cell, 2)
         from jmattersim._src.phonons import ase_atoms
 
         supercell = ase_atoms(ph3.supercell)
@@ -210,7 +213,9 @@ def test_fc3_equals_finite_differences_of_the_hessian(small_model):
             plus, minus = supercell.copy(), supercell.copy()
             plus.positions[j, b] += h
             minus.positions[j, b] -= h
-            rows = [jmattersim.hessian_columns(small_model, a, p2s) for a in (plus, minus)]
+            rows = [
+                jmattersim.derivatives.hessian_columns(small_model, a, p2s) for a in (plus, minus)
+            ]
             fd = (rows[0] - rows[1]) / (2 * h)  # (P, 3, N, 3): [p, a, k, c]
             ours = fc3[:, j, :, :, b, :]  # (P, N, 3, 3): [p, k, a, c]
             worst = max(worst, np.abs(ours - fd.transpose(0, 2, 1, 3)).max())
@@ -232,11 +237,11 @@ def test_thermal_conductivity_matches_upstream_bte(scaled, tmp_path):
     model, calc = scaled
     mesh = np.array([8, 8, 8])
     with jax.enable_x64(True):
-        phonon = jmattersim.phonons(
+        phonon = jmattersim.derivatives.phonons(
             model, bulk("Si", "diamond", 5.43), 2, relax=True, mesh=False, band_path=None
         )
         relaxed = ase_atoms(phonon.unitcell)
-        _, kappa, _ = jmattersim.thermal_conductivity(model, relaxed, 2, mesh=mesh)
+        _, kappa, _ = jmattersim.derivatives.thermal_conductivity(model, relaxed, 2, mesh=mesh)
     ours = kappa[0, 0]
 
     def upstream(amplitude):
@@ -275,7 +280,7 @@ def test_thermal_conductivity_matches_upstream_bte(scaled, tmp_path):
 
 def test_phonons_cli_writes_phonopy_files(small_model, tmp_path, capsys):
     """``jmattersim phonons``: phonopy's files, the plot and a summary in DIR, the
-    force constants those of ``jmattersim.phonons``; refuses to overwrite, and
+    force constants those of ``jmattersim.derivatives.phonons``; refuses to overwrite, and
     names an unreadable file."""
     from phonopy.file_IO import parse_FORCE_CONSTANTS
     from small_reference import MODEL
@@ -287,9 +292,11 @@ def test_phonons_cli_writes_phonopy_files(small_model, tmp_path, capsys):
     out = tmp_path / "si-phonons"
     args = ["phonons", str(src), "--model", str(MODEL), "--supercell", "2", "--out", str(out)]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jmattersim.NotAtMinimumWarning)
+        warnings.simplefilter("ignore", jmattersim.derivatives.NotAtMinimumWarning)
         assert main(args) == 0
-        expected = jmattersim.phonons(small_model, bulk("Si", "diamond", 5.43), 2, mesh=False)
+        expected = jmattersim.derivatives.phonons(
+            small_model, bulk("Si", "diamond", 5.43), 2, mesh=False
+        )
     names = {p.name for p in out.iterdir()}
     assert names == {
         "FORCE_CONSTANTS",
@@ -327,7 +334,10 @@ def test_phonons_cli_writes_phonopy_files(small_model, tmp_path, capsys):
 def test_non_periodic_input_is_refused_naming_it(small_model):
     from ase.build import molecule
 
-    for fn, what in ((jmattersim.phonons, "phonons"), (jmattersim.fc3, "fc3")):
+    for fn, what in (
+        (jmattersim.derivatives.phonons, "phonons"),
+        (jmattersim.derivatives.fc3, "fc3"),
+    ):
         with pytest.raises(
             ValueError, match=rf"structure \(H2O\): {what} needs? a structure periodic"
         ):

@@ -42,13 +42,13 @@ def model(small_model):
 @pytest.fixture(scope="module")
 def uninterrupted(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "full"
-    return jmattersim.train(model, TRAIN, VALID, out=out, **RUN)
+    return jmattersim.train.train(model, TRAIN, VALID, out=out, **RUN)
 
 
 def test_a_run_writes_checkpoints_metrics_and_the_best_model(uninterrupted, model):
     out = uninterrupted.out
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0", "1", "2"]
-    rows = jmattersim.read_metrics(out)
+    rows = jmattersim.train.read_metrics(out)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert set(rows[0]) >= {"lr", "train_loss", "val_loss", "val_mae_forces", "val_mae_stress"}
     best = jmattersim.load_model(out / "best_model")
@@ -59,7 +59,7 @@ def test_a_run_writes_checkpoints_metrics_and_the_best_model(uninterrupted, mode
         for a, b in zip(leaves(best.params), leaves(model.params), strict=True)
     )
     assert changed > 1e-5  # it trained
-    fig = jmattersim.plot_metrics(out)
+    fig = jmattersim.train.plot_metrics(out)
     assert len(fig.axes) == 4
 
 
@@ -110,9 +110,9 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(uninterrupted, tmp_p
     assert "3 epochs" in resumed.stdout
     best = jmattersim.load_model(out / "best_model")
     assert_same_params(best.params, uninterrupted.model.params, rtol=1e-6)
-    rows = jmattersim.read_metrics(out)
+    rows = jmattersim.train.read_metrics(out)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    full = jmattersim.read_metrics(uninterrupted.out)
+    full = jmattersim.train.read_metrics(uninterrupted.out)
     np.testing.assert_allclose(
         [r["val_loss"] for r in rows], [r["val_loss"] for r in full], rtol=1e-6
     )
@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(uninterrupted, tmp_p
 
 def test_a_run_with_other_settings_in_the_same_directory_is_refused(uninterrupted, model):
     with pytest.raises(ValueError, match="other settings.*lr"):
-        jmattersim.train(model, TRAIN, VALID, out=uninterrupted.out, **{**RUN, "lr": 1e-3})
+        jmattersim.train.train(model, TRAIN, VALID, out=uninterrupted.out, **{**RUN, "lr": 1e-3})
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def committee_run(model, tmp_path_factory):
     train_step.compiled_step.cache_clear()
     out = tmp_path_factory.mktemp("committee") / "c"
     with traces() as counts:
-        result = jmattersim.train(model, TRAIN, VALID, committee=3, seed=41, out=out, **RUN)
+        result = jmattersim.train.train(model, TRAIN, VALID, committee=3, seed=41, out=out, **RUN)
     return result, counts["train_step"]
 
 
@@ -153,7 +153,7 @@ def test_committee_member_equals_a_single_run_in_one_compiled_step(uninterrupted
 
 def test_committee_directory_predicts_with_uncertainty(committee_run):
     result, _ = committee_run
-    committee = jmattersim.load_committee(result.out / "best_model")
+    committee = jmattersim.train.load_committee(result.out / "best_model")
     (res,) = jmattersim.evaluate(committee, [FRAMES[35]])
     assert res.forces_std.shape == (len(FRAMES[35]), 3)
     assert np.all(res.forces_std >= 0) and res.energy_std > 0
@@ -184,7 +184,7 @@ def test_frames_without_labels_are_named(small_model):
     formula = a.get_chemical_formula()
     for problem, frames in cases.items():
         with pytest.raises(InvalidLabelError, match=rf"training frame 3 \({formula}\).*{problem}"):
-            jmattersim.train(small_model, frames, epochs=1, progress=False)
+            jmattersim.train.train(small_model, frames, epochs=1, progress=False)
 
 
 @pytest.mark.fast
@@ -211,15 +211,15 @@ def test_stress_of_the_wrong_shape_and_mixed_units_are_refused(small_model, tmp_
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_epoch(model, tmp_path):
     out = tmp_path / "run"
     settings = dict(epochs=3, batch_size=8, progress=False, loss="mse")
-    jmattersim.train(model, TRAIN, VALID, out=out, max_epochs=1, **settings)
+    jmattersim.train.train(model, TRAIN, VALID, out=out, max_epochs=1, **settings)
     best_before = jmattersim.load_model(out / "best_model")
     poisoned = list(TRAIN)
     a = poisoned[5]
     poisoned[5] = _labelled(a, energy=1e25, forces=a.get_forces())
     with pytest.raises(FloatingPointError, match=r"non-finite loss in epoch 1, batch \d"):
-        jmattersim.train(model, poisoned, VALID, out=out, **settings)
+        jmattersim.train.train(model, poisoned, VALID, out=out, **settings)
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["0"]
-    assert [r["epoch"] for r in jmattersim.read_metrics(out)] == [0]
+    assert [r["epoch"] for r in jmattersim.train.read_metrics(out)] == [0]
     assert_same_params(jmattersim.load_model(out / "best_model").params, best_before.params)
 
 
@@ -243,15 +243,15 @@ def _small() -> str:
 @pytest.mark.fast
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="loss must be"):
-        jmattersim.TrainSettings(loss="l1")
+        jmattersim.train.TrainSettings(loss="l1")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        jmattersim.TrainSettings(batch_size=0)
+        jmattersim.train.TrainSettings(batch_size=0)
 
 
 def test_float64_training_under_x64(model):
     """With ``jax_enable_x64`` the run trains in float64 (its result too)."""
     with jax.enable_x64(True):
-        result = jmattersim.train(
+        result = jmattersim.train.train(
             model, TRAIN[:8], VALID[:4], epochs=1, batch_size=8, progress=False
         )
         kinds = {np.asarray(a).dtype for a in jax.tree_util.tree_leaves(result.model.params)}
@@ -265,9 +265,9 @@ def test_the_callers_parameters_survive_and_a_stopped_run_stays_stopped(model, t
     repeating a call whose run stopped early returns that run, training nothing."""
     live = jmattersim.Model(model.config, jax.tree_util.tree_map(jax.numpy.asarray, model.params))
     settings = dict(epochs=6, batch_size=8, lr=0.0, early_stop_patience=0, progress=False)
-    first = jmattersim.train(live, TRAIN[:8], VALID[:4], out=tmp_path / "r", **settings)
+    first = jmattersim.train.train(live, TRAIN[:8], VALID[:4], out=tmp_path / "r", **settings)
     jmattersim.evaluate(live, [VALID[0]])  # its buffers were not donated
-    again = jmattersim.train(live, TRAIN[:8], VALID[:4], out=tmp_path / "r", **settings)
+    again = jmattersim.train.train(live, TRAIN[:8], VALID[:4], out=tmp_path / "r", **settings)
     assert first.stopped_early and again.stopped_early
     assert again.epochs_run == first.epochs_run == 2
     assert len(again.history) == len(first.history)

@@ -160,7 +160,7 @@ def test_fine_tuned_model_round_trips_through_upstream(small_model, tmp_path):
     from upstream import predict
 
     frames = ase.io.read(MPTRJ, index=":24")
-    result = jmattersim.train(
+    result = jmattersim.train.train(
         small_model,
         frames[:16],
         frames[16:],
@@ -212,7 +212,7 @@ def test_fine_tuning_learns_mptrj(model):
         return e, f
 
     mae_e0, mae_f0 = maes(model)
-    result = jmattersim.train(model, train, valid, epochs=2, progress=False, lr=1e-3)
+    result = jmattersim.train.train(model, train, valid, epochs=2, progress=False, lr=1e-3)
     mae_e, mae_f = maes(result.model)
     print(
         f"validation MAE before {mae_e0:.4f} eV/atom, {mae_f0:.4f} eV/A; "

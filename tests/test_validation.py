@@ -181,7 +181,7 @@ def test_arrays_valid_batch_passes():
     cu = bulk("Cu", "fcc", 3.6)
     check_arrays(*batch(si(), cu), CONFIG)
     check_arrays(*[jnp.asarray(x) for x in batch(si(), cu)], CONFIG)  # jax arrays too
-    check_arrays(*batch(si(), cu), jmattersim.init_model(TINY))  # a Model for the config
+    check_arrays(*batch(si(), cu), jmattersim.testing.init_model(TINY))  # a Model for the config
 
 
 def test_arrays_wrong_shapes():

@@ -54,7 +54,7 @@ def inverse_design_rows(name: str, n: int, seed: int, add) -> None:
         def run():
             for chunk in chunks:
                 at, pos, lat, sizes, _ = atoms_arrays(chunk, model.config)
-                nbrs = jmattersim.neighbor_list(model, chunk)  # host, outside jit
+                nbrs = jmattersim.batch.neighbor_list(model, chunk)  # host, outside jit
                 grads = step(
                     jnp.asarray(at, jnp.float32),
                     jnp.asarray(pos, jnp.float32),

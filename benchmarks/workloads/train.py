@@ -1,5 +1,5 @@
 """train: one fine-tuning epoch as whole processes (``benchmarks/train_epoch.py``),
-jmattersim.train against upstream's train_model: time with the compile cache cold
+jmattersim.train.train against upstream's train_model: time with the compile cache cold
 and warm, the steady-state epoch, and peak memory with remat off and on."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def measure(bench: Bench, name: str) -> None:
 def train_rows(name: str, n: int, seed: int, add) -> None:
     """One fine-tuning epoch (energy, forces, stresses; batches of 16) over ``n``
     labelled MPtrj frames drawn at random, as whole processes
-    (``benchmarks/train_epoch.py``): jmattersim.train with the compile cache cold
+    (``benchmarks/train_epoch.py``): jmattersim.train.train with the compile cache cold
     and warm against upstream's train_model; steady state: the second epoch of a
     two-epoch jmattersim run against upstream's epoch (torch compiles nothing: its
     first epoch is its steady state); peak memory with remat off and on."""
@@ -55,7 +55,7 @@ def train_rows(name: str, n: int, seed: int, add) -> None:
             "s",
             jm["child_wall"],
             up["child_wall"],
-            f"{what}; jmattersim.train vs upstream's train_model; compile cache {label}; "
+            f"{what}; jmattersim.train.train vs upstream's train_model; compile cache {label}; "
             f"epoch alone {jm['epochs'][0]:.1f} s vs {up['epochs'][0]:.1f} s",
             lower_is_better=True,
             jm_impl=label,

@@ -269,9 +269,9 @@ def thermal_conductivity(
         temperatures: K.
         method: "RTA" or "LBTE" (phono3py's solvers).
         is_isotope: include isotope scattering.
-        ph3: a ``Phono3py`` with force constants (from [`fc3`][jmattersim.fc3])
+        ph3: a ``Phono3py`` with force constants (from [`fc3`][jmattersim.derivatives.fc3])
             to reuse; else computed.
-        **fc3_options: passed to [`fc3`][jmattersim.fc3].
+        **fc3_options: passed to [`fc3`][jmattersim.derivatives.fc3].
 
     Returns:
         (temperatures (T,) K, kappa (T, 6) W/(m K) in Voigt order xx, yy, zz,

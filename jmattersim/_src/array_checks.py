@@ -2,7 +2,7 @@
 
 :func:`check_arrays` takes atom_types (ΣN, max_z+1), positions (ΣN, 3), lattice
 (G, 3, 3), sizes (G,); optionally against an in-jit
-:class:`jmattersim.TopologyCapacity` (raises :class:`CapacityOverflowError`).
+:class:`jmattersim.batch.TopologyCapacity` (raises :class:`CapacityOverflowError`).
 Messages name the structure, the atom(s) and the problem, as those of
 :mod:`jmattersim._src.checks`.
 """
@@ -35,7 +35,7 @@ def _host_array(name: str, value: Any) -> np.ndarray:
     if isinstance(value, jax.core.Tracer):
         raise TypeError(
             f"check_arrays runs on the host, but {name} is traced (inside jit); "
-            "use jmattersim.checked_energy_fn there"
+            "use jmattersim.checks.checked_energy_fn there"
         )
     return np.asarray(value)
 
@@ -62,7 +62,7 @@ def check_arrays(
     Every value must be finite, every lattice non-singular and non-degenerate
     (every structure is periodic), and no two atoms (images included) closer
     than ``min_distance``. Host-only (numpy): inside ``jit`` use
-    [`checked_energy_fn`][jmattersim.checked_energy_fn].
+    [`checked_energy_fn`][jmattersim.checks.checked_energy_fn].
 
     Args:
         atom_types: (ΣN, max_z + 1) one-hot or soft distributions over elements:
@@ -74,7 +74,7 @@ def check_arrays(
             [`Model`][jmattersim.Model].
         labels: names of the G structures (default 'structure g (formula)', the
             formula from each row's likeliest element).
-        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity]; if
+        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity]; if
             given, the whole batch must fit it.
         min_distance: Å, the closest two atoms may be.
 
@@ -169,7 +169,7 @@ def check_capacity(
     structures: Sequence[tuple[str, np.ndarray, np.ndarray]], config: M3GNetConfig, capacity: Any
 ) -> None:
     """Raises :class:`CapacityOverflowError` unless the batch of (label, positions,
-    lattice) fits ``capacity`` (a :class:`jmattersim.TopologyCapacity`; counts over
+    lattice) fits ``capacity`` (a :class:`jmattersim.batch.TopologyCapacity`; counts over
     the whole batch), counted on the host with the sets the in-jit topology builds."""
     total_atoms = sum(len(pos) for _, pos, _ in structures)
     max_pairs = capacity.pairs(total_atoms)

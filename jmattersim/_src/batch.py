@@ -72,7 +72,7 @@ def forward_batch(
     batch signature.
 
     Concrete inputs are checked first
-    ([`check_arrays`][jmattersim.check_arrays]): an
+    ([`check_arrays`][jmattersim.checks.check_arrays]): an
     [`InvalidStructureError`][jmattersim.InvalidStructureError] names the
     structure, the atom and the problem. They run through the evaluation engine
     (host neighbour lists, a few fixed budgets, compiled functions shared with
@@ -102,12 +102,12 @@ def forward_batch(
             ``atom_types @ scale`` (True), or those of each atom's most likely
             element (False).
         positions_are_fractional: ``positions`` are fractional coordinates.
-        neighbors: a [`NeighborList`][jmattersim.NeighborList] built
+        neighbors: a [`NeighborList`][jmattersim.batch.NeighborList] built
             beforehand, for traced inputs.
-        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity]: the
+        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity]: the
             topology is rebuilt inside, for traced inputs.
         mesh: spread the batches over the devices of this mesh
-            ([`graph_mesh`][jmattersim.graph_mesh]); concrete inputs only.
+            ([`graph_mesh`][jmattersim.batch.graph_mesh]); concrete inputs only.
 
     Returns:
         A dict: ``total_energy`` (G,) eV; ``forces`` (ΣN, 3) eV/Å with
@@ -154,7 +154,7 @@ def forward_batch(
     pbc = np.ones((len(sizes), 3), bool) if pbc is None else np.asarray(pbc, bool)
     n_atoms, n_graphs = int(sizes.sum()), len(sizes)
     derivatives = include_forces or include_stresses
-    if not traced:  # inside jit, see jmattersim.checked_energy_fn
+    if not traced:  # inside jit, see jmattersim.checks.checked_energy_fn
         labels = None
         if atoms_list is not None and len(atoms_list) == n_graphs:
             labels = [structure_label(k, a.numbers) for k, a in enumerate(atoms_list)]
@@ -183,7 +183,7 @@ def forward_batch(
     elif traced:
         raise ValueError(
             "forward_batch under jit/grad tracing needs neighbors= (a list "
-            "built beforehand with jmattersim.neighbor_list) or capacity="
+            "built beforehand with jmattersim.batch.neighbor_list) or capacity="
         )
     else:
         out = _concrete(

@@ -59,7 +59,7 @@ def batch_predict(
 
     graph.nodes = {"atom_types": (N, max_z+1), "positions": (N, 3)},
     graph.globals = {"lattice": (G, 3, 3), optional "pbc": (G, 3) bool}, n_node
-    (G,), padded in jraph's convention (:func:`jmattersim.pad_graph`).
+    (G,), padded in jraph's convention (:func:`jmattersim.batch.pad_graph`).
     """
     graph = graph._replace(n_node=jnp.asarray(graph.n_node))
     lattice, topo = graph_topology(graph, config, capacity)
@@ -99,7 +99,7 @@ def batch_energy_fn(
 
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
-        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity] for the
+        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity] for the
             whole batch (``capacity_for(..., batch_size=G)``).
         soft_normalize: per-element scale and shift as ``atom_types @ scale``
             (True) or of each atom's most likely element (False).
@@ -134,7 +134,7 @@ def batch_properties_fn(
 
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
-        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity] for the
+        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity] for the
             whole batch.
         soft_normalize: per-element scale and shift as ``atom_types @ scale``
             (True) or of each atom's most likely element (False).
@@ -143,7 +143,7 @@ def batch_properties_fn(
     Returns:
         ``properties(params, graph) -> Predictions``: energy (G,) eV, forces
         (N, 3) eV/Å, stress (G, 3, 3) **eV/Å³**; NaN where the capacity
-        overflows. ``graph`` as for [`batch_energy_fn`][jmattersim.batch_energy_fn].
+        overflows. ``graph`` as for [`batch_energy_fn`][jmattersim.batch.batch_energy_fn].
     """
 
     def properties(params: Params, graph: jraph.GraphsTuple) -> Predictions:

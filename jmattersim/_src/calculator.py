@@ -27,7 +27,7 @@ class MatterSimCalculator(Calculator):
     (ASE's unit and sign), upstream's GPa value times ``stress_weight``. Forces
     and stress come from automatic differentiation.
 
-    Given a [`Committee`][jmattersim.Committee], the results are the member
+    Given a [`Committee`][jmattersim.train.Committee], the results are the member
     means, plus their population standard deviations (ddof=0) ``energy_std``
     eV, ``forces_std`` (N, 3) eV/Å and ``stress_std`` (6,) Voigt in the unit of
     ``stress``; all members run in one compiled call.
@@ -39,7 +39,7 @@ class MatterSimCalculator(Calculator):
 
     Args:
         model: a [`Model`][jmattersim.Model] or
-            [`Committee`][jmattersim.Committee], a model or committee directory,
+            [`Committee`][jmattersim.train.Committee], a model or committee directory,
             a ``.pth`` checkpoint or a published name (default
             ``mattersim-v1.0.0-1M``).
         compute_stress: also compute the stress.
@@ -48,7 +48,7 @@ class MatterSimCalculator(Calculator):
         dtype (numpy dtype or None): float32 or float64 (default: float64 when
             ``jax_enable_x64`` is on, float32 otherwise).
         ladder (sequence of BatchBudget or None): the budgets (default
-            [`jmattersim.LADDER`][jmattersim.LADDER]).
+            [`jmattersim.batch.LADDER`][jmattersim.batch.LADDER]).
         **kwargs (Any): passed to ASE's ``Calculator``.
     """
 

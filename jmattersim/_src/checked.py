@@ -29,7 +29,7 @@ from .neighbors import TopologyCapacity
 
 
 def _in_jit_checks(atom_types: jnp.ndarray, positions: jnp.ndarray, lattice: jnp.ndarray) -> None:
-    """checkify checks of one structure's inputs (see :func:`jmattersim.check_arrays`)."""
+    """checkify checks of one structure's inputs (see :func:`jmattersim.checks.check_arrays`)."""
     bad_pos = ~jnp.all(jnp.isfinite(positions), axis=-1)
     checkify.check(
         ~jnp.any(bad_pos),
@@ -71,12 +71,12 @@ def checked_energy_fn(
     Checks finite inputs, a non-singular lattice, valid atom_types rows, no
     neighbour-capacity overflow (which ``energy_fn`` turns into NaN) and a
     finite energy. Transform the result freely (``grad``, ``vmap``), then run it
-    through [`checked`][jmattersim.checked] (or ``checkify.checkify``): an
+    through [`checked`][jmattersim.checks.checked] (or ``checkify.checkify``): an
     unfunctionalised check cannot run under ``jit``.
 
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
-        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity].
+        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity].
         soft_normalize: as for ``energy_fn``.
         **capacities: the fields of a ``TopologyCapacity`` instead of
             ``capacity``.
@@ -114,7 +114,7 @@ def checked(fn: Callable, jit: bool = True) -> Callable:
 
     Args:
         fn: a function containing ``checkify`` checks, e.g. from
-            [`checked_energy_fn`][jmattersim.checked_energy_fn], possibly
+            [`checked_energy_fn`][jmattersim.checks.checked_energy_fn], possibly
             transformed (``jax.grad``, ``jax.vmap``).
         jit: compile it with ``jax.jit``.
 

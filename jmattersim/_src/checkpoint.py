@@ -40,7 +40,7 @@ class Model:
     """A converted MatterSim model: its config and its Flax variables.
 
     Make one with [`load_model`][jmattersim.load_model] (or
-    [`init_model`][jmattersim.init_model]); every entry point takes it.
+    [`init_model`][jmattersim.testing.init_model]); every entry point takes it.
 
     Attributes:
         config: the architecture, an [`M3GNetConfig`][jmattersim.M3GNetConfig].
@@ -172,7 +172,7 @@ def read_model(path: str | os.PathLike) -> Model:
     if "committee" in meta:
         raise ValueError(
             f"{path} is a committee of {meta['committee']} members, not a single model: "
-            "load it with jmattersim.load_committee (or pass it to MatterSimCalculator, "
+            "load it with jmattersim.train.load_committee (or pass it to MatterSimCalculator, "
             "evaluate or `jmattersim predict`, which accept committees)"
         )
     params = restore_params(path)

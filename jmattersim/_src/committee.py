@@ -37,8 +37,8 @@ class Committee:
     the spread (population standard deviation) across members, in one
     [`Predictions`][jmattersim.Predictions] (its ``_std`` fields; stress eV/Å³).
 
-    Make one with [`stack_models`][jmattersim.stack_models] or
-    [`load_committee`][jmattersim.load_committee]; the calculator, ``evaluate``
+    Make one with [`stack_models`][jmattersim.train.stack_models] or
+    [`load_committee`][jmattersim.train.load_committee]; the calculator, ``evaluate``
     and ``jmattersim predict`` take it wherever they take a
     [`Model`][jmattersim.Model].
 
@@ -87,7 +87,7 @@ class Committee:
                 ``jax_enable_x64``).
 
         Returns:
-            The cast [`Committee`][jmattersim.Committee].
+            The cast [`Committee`][jmattersim.train.Committee].
         """
         return cached_cast(self, dtype)
 
@@ -109,7 +109,7 @@ def stack_models(models: Sequence[Model]) -> Committee:
         models: at least one [`Model`][jmattersim.Model], all with the same config.
 
     Returns:
-        The [`Committee`][jmattersim.Committee].
+        The [`Committee`][jmattersim.train.Committee].
 
     Raises:
         ValueError: no models, or a model's config or variables differ from the
@@ -140,7 +140,7 @@ def save_committee(committee: Committee, out: str | os.PathLike, overwrite: bool
     ``config.json``).
 
     Args:
-        committee: the [`Committee`][jmattersim.Committee].
+        committee: the [`Committee`][jmattersim.train.Committee].
         out: the directory to write.
         overwrite: replace an existing ``out``.
 
@@ -180,7 +180,7 @@ def read_committee(path: str | os.PathLike) -> Committee:
     if size is None:
         raise ValueError(
             f"{path} is a single model, not a committee: load it with jmattersim.load_model "
-            "(or make a committee of several with jmattersim.stack_models)"
+            "(or make a committee of several with jmattersim.train.stack_models)"
         )
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"{path / 'config.json'} is corrupt: 'committee' is {size!r}")

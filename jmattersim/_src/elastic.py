@@ -42,7 +42,7 @@ RCOND = {np.dtype(np.float64).name: 1e-10, np.dtype(np.float32).name: 1e-5}
 @dataclasses.dataclass(frozen=True, eq=False)
 class ElasticTensor:
     """Elastic constants of a structure, from
-    [`elastic_tensor`][jmattersim.elastic_tensor].
+    [`elastic_tensor`][jmattersim.derivatives.elastic_tensor].
 
     Voigt order xx, yy, zz, yz, xz, xy, with engineering shear strains
     (e₄ = 2ε_yz, ...): ``σ_a = Σ_b C[a, b] e_b``. The averages are the standard
@@ -249,13 +249,13 @@ def elastic_tensor(
             ideally relaxed (positions and cell).
         relaxed_ions: also compute the relaxed-ion tensor (needs the (3N, 3N)
             Hessian: 3N more tangents, in the same compiled call for small cells,
-            in chunks bounded in memory as for [`hessian`][jmattersim.hessian]),
+            in chunks bounded in memory as for [`hessian`][jmattersim.derivatives.hessian]),
             and report it as ``voigt_gpa``.
         dtype (numpy dtype or None): float64 when ``jax_enable_x64`` is on, float32
             otherwise (default).
 
     Returns:
-        An [`ElasticTensor`][jmattersim.ElasticTensor]: (6, 6) tensors in GPa,
+        An [`ElasticTensor`][jmattersim.derivatives.ElasticTensor]: (6, 6) tensors in GPa,
         Voigt order xx, yy, zz, yz, xz, xy with engineering shear strains.
 
     Raises:

@@ -204,7 +204,7 @@ def energy_fn(
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig]
             (``model.config``).
-        capacity: a [`TopologyCapacity`][jmattersim.TopologyCapacity], e.g. from
+        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity], e.g. from
             [`capacity_for`][jmattersim.capacity_for].
         soft_normalize: apply the per-element scale and shift as
             ``atom_types @ scale`` (True), or those of each atom's most likely

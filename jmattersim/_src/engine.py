@@ -2,7 +2,7 @@
 forces and stresses.
 
 Structures become host graphs (:mod:`jmattersim._src.graph`, exact, as upstream builds
-them), are packed into a few fixed budgets (:class:`~jmattersim.BatchBudget`,
+them), are packed into a few fixed budgets (:class:`~jmattersim.batch.BatchBudget`,
 first-fit decreasing, in the spirit of ``jraph.dynamically_batch``), padded, and
 run through one compiled function per budget and dtype (:func:`predict_batch`).
 The ASE calculator, :func:`jmattersim.evaluate`, ``jmattersim predict`` and
@@ -17,7 +17,7 @@ compiled functions: a process compiles at most one function per rung of
 - A structure larger than a rung runs in the next; beyond the top rung it gets
   its own budget, each count rounded up to :func:`~jmattersim._src.padding.bucket`.
 
-A :class:`~jmattersim.Committee` of K models runs the same plan through
+A :class:`~jmattersim.train.Committee` of K models runs the same plan through
 :func:`predict_committee`: the model vmapped over the members' stacked variables,
 one compiled function per budget whatever K is (its working memory K times a
 model's), returning the member mean and population standard deviation in one

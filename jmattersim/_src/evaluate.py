@@ -25,7 +25,7 @@ def evaluate(
     """Energy, forces and stress (eV/Å³; ``stress_gpa`` in GPa) of every structure,
     in padded batches.
 
-    Every structure is checked first ([`check_atoms`][jmattersim.check_atoms]):
+    Every structure is checked first ([`check_atoms`][jmattersim.checks.check_atoms]):
     an [`InvalidStructureError`][jmattersim.InvalidStructureError] names the
     first bad one by its index ('structure 3 (Fe2O3): ...'). Structures are
     packed into the engine's budgets; a process compiles at most one function
@@ -33,14 +33,14 @@ def evaluate(
 
     Args:
         model: the [`Model`][jmattersim.Model], or a
-            [`Committee`][jmattersim.Committee] (all members in one compiled
+            [`Committee`][jmattersim.train.Committee] (all members in one compiled
             call per budget: member means and standard deviations).
         structures: ASE structures (any iterable; read once).
         dtype (numpy dtype or None): float32 or float64 (default: float64 when
             ``jax_enable_x64`` is on, float32 otherwise).
         mesh: spread the batches over the devices of this mesh
-            ([`graph_mesh`][jmattersim.graph_mesh]).
-        ladder: the budgets (default [`jmattersim.LADDER`][jmattersim.LADDER]).
+            ([`graph_mesh`][jmattersim.batch.graph_mesh]).
+        ladder: the budgets (default [`jmattersim.batch.LADDER`][jmattersim.batch.LADDER]).
 
     Returns:
         One [`Predictions`][jmattersim.Predictions] per structure, in order

@@ -37,7 +37,7 @@ def load_model(path: str | os.PathLike) -> Model:
         ConnectionError: a published checkpoint is neither cached nor downloadable
             (pass a local ``.pth`` instead).
         ValueError: the directory or checkpoint is corrupt or incomplete, or is a
-            committee (load it with [`load_committee`][jmattersim.load_committee]).
+            committee (load it with [`load_committee`][jmattersim.train.load_committee]).
     """
     if canonical_name(str(path)):
         path = pretrained(str(path))
@@ -57,7 +57,7 @@ def load_model(path: str | os.PathLike) -> Model:
 
 def load_committee(path: str | os.PathLike | Sequence[str | os.PathLike | Model]) -> Committee:
     """Loads a committee: a directory written by
-    [`save_committee`][jmattersim.save_committee], or several models stacked.
+    [`save_committee`][jmattersim.train.save_committee], or several models stacked.
 
     Args:
         path: a committee directory; or a list of models (each anything
@@ -65,7 +65,7 @@ def load_committee(path: str | os.PathLike | Sequence[str | os.PathLike | Model]
             [`Model`][jmattersim.Model]) of one architecture, stacked in order.
 
     Returns:
-        The [`Committee`][jmattersim.Committee].
+        The [`Committee`][jmattersim.train.Committee].
 
     Raises:
         FileNotFoundError: a path does not exist.

@@ -29,7 +29,7 @@ from .jax_md import atoms_to_jax_md, mattersim_neighbor_list, neighbor_propertie
 from .progress import progress_bar
 
 ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")
-"""The ensembles [`md`][jmattersim.jax_md.md] runs, by the names of jax-md's integrators."""
+"""The ensembles [`md`][jmattersim.md] runs, by the names of jax-md's integrators."""
 
 
 def _simulator(

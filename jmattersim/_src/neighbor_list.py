@@ -23,7 +23,7 @@ class NeighborList(NamedTuple):
     """A host-built topology of a whole batch, padded to a budget.
 
     A pytree to pass into jitted functions (``forward_batch(..., neighbors=...)``),
-    made by [`neighbor_list`][jmattersim.neighbor_list]. E, T, N and G are the
+    made by [`neighbor_list`][jmattersim.batch.neighbor_list]. E, T, N and G are the
     budget's edge, triplet, node and graph counts: ``forward_batch`` pads the
     batch to them.
 
@@ -44,7 +44,7 @@ class NeighborList(NamedTuple):
 
     @property
     def budget(self) -> BatchBudget:
-        """The [`BatchBudget`][jmattersim.BatchBudget] (nodes, edges, triplets,
+        """The [`BatchBudget`][jmattersim.batch.BatchBudget] (nodes, edges, triplets,
         graphs) the list is padded to."""
         return BatchBudget(
             self.reference_positions.shape[0],
@@ -84,11 +84,11 @@ def neighbor_list(
         budget: the padded sizes. By default each count is rounded up to the
             next of a ladder of sizes about 1.4 apart: little padding, and a
             jitted function recompiles only when a batch changes size class. Pass
-            one budget (e.g. ``jmattersim.LADDER[-1]``) to run many different
+            one budget (e.g. ``jmattersim.batch.LADDER[-1]``) to run many different
             batches through one compiled function.
 
     Returns:
-        A [`NeighborList`][jmattersim.NeighborList] padded to ``budget``.
+        A [`NeighborList`][jmattersim.batch.NeighborList] padded to ``budget``.
     """
     config = getattr(model, "config", model)
     if atoms_list is not None:
@@ -122,7 +122,7 @@ def neighbors_stale(nbrs: NeighborList, positions: Array, lattice: Array) -> Arr
     listed image offset (``n @ lattice``) exceeds the list's skin. Traceable.
 
     Args:
-        nbrs: the list, from [`neighbor_list`][jmattersim.neighbor_list].
+        nbrs: the list, from [`neighbor_list`][jmattersim.batch.neighbor_list].
         positions: (N, 3) Å, padded like ``nbrs`` (its budget's node count).
         lattice: (G, 3, 3) Å rows, padded like ``nbrs``.
 

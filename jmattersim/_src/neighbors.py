@@ -145,7 +145,7 @@ def capacity_for(
         bucketed: round every count up to a ladder of sizes (fewer compilations).
 
     Returns:
-        A [`TopologyCapacity`][jmattersim.TopologyCapacity].
+        A [`TopologyCapacity`][jmattersim.batch.TopologyCapacity].
     """
     graphs = [structure_graph(a, config) for a in structures]
     per = batch_size or 1

@@ -4,7 +4,7 @@ phonopy finds the displacements its symmetry needs (one for diamond Si) and
 builds the force constants from the forces they cause. Here those forces are not
 computed on displaced supercells: they are the exact linear response
 ``F_j = -sum_a u_a d2E/dr_ia dr_j`` from the Hessian rows of the displaced atoms
-(:func:`jmattersim.hessian_columns`, one batched call). phonopy's own solver,
+(:func:`jmattersim.derivatives.hessian_columns`, one batched call). phonopy's own solver,
 symmetrisation and sum rules then apply unchanged, and since its solver is linear
 in the forces, the force constants it returns are the exact second derivatives:
 no finite-displacement error, no float noise amplified by 1/amplitude.
@@ -87,7 +87,7 @@ def exact_displacement_forces(
         model: the model.
         supercell: the undisplaced supercell.
         displacements: (atom index, displacement (3,) Å) pairs.
-        atoms_chunk: passed to :func:`jmattersim.hessian_columns`.
+        atoms_chunk: passed to :func:`jmattersim.derivatives.hessian_columns`.
         dtype: float type of the Hessian.
 
     Returns:
@@ -187,13 +187,13 @@ def phonons(
         primitive_matrix: phonopy's primitive matrix ("auto" finds it).
         symprec: symmetry tolerance, Å.
         atoms_chunk: atoms per compiled Hessian call (see
-            [`hessian_columns`][jmattersim.hessian_columns]).
+            [`hessian_columns`][jmattersim.derivatives.hessian_columns]).
         dtype (numpy dtype or None): float64 under ``jax_enable_x64``, else float32.
 
     Returns:
         ``phonopy.Phonopy`` with ``force_constants`` (N, N, 3, 3) eV/Å² set and
         symmetrised, the mesh and the band structure run (frequencies in THz).
-        [`phonon_spectrum`][jmattersim.phonon_spectrum] gives them as arrays and a plot.
+        [`phonon_spectrum`][jmattersim.derivatives.phonon_spectrum] gives them as arrays and a plot.
 
     Raises:
         ImportError: phonopy is not installed (``pip install "jmattersim[phonons]"``).
@@ -241,7 +241,8 @@ def phonons(
 
 @dataclasses.dataclass(frozen=True)
 class PhononSpectrum:
-    """Band structure and density of states, from [`phonon_spectrum`][jmattersim.phonon_spectrum].
+    """Band structure and density of states, from
+    [`phonon_spectrum`][jmattersim.derivatives.phonon_spectrum].
 
     Attributes:
         distances: per band segment, (Q,) path length (phonopy's units, 1/Å).
@@ -271,13 +272,13 @@ def phonon_spectrum(phonon: Phonopy, *, npoints: int = 101, plot: bool = True) -
 
     Args:
         phonon: a ``phonopy.Phonopy`` with force constants (from
-            [`phonons`][jmattersim.phonons], or any other).
+            [`phonons`][jmattersim.derivatives.phonons], or any other).
         npoints: q-points per band segment when no band structure has been run
             (the "auto" path is run then).
         plot: draw the figure (matplotlib).
 
     Returns:
-        A [`PhononSpectrum`][jmattersim.PhononSpectrum], frequencies in THz.
+        A [`PhononSpectrum`][jmattersim.derivatives.PhononSpectrum], frequencies in THz.
     """
     if phonon.band_structure is None:
         phonon.auto_band_structure(npoints=npoints)

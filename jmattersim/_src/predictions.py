@@ -14,7 +14,7 @@ EV_PER_A3_TO_GPA = 1.0 / GPa  # GPa per eV/Å³ (160.2)
 
 class Predictions(NamedTuple):
     """Energies, forces and stresses: of a padded batch (JAX arrays, from
-    [`batch_properties_fn`][jmattersim.batch_properties_fn], inside ``jax.jit``
+    [`batch_properties_fn`][jmattersim.batch.batch_properties_fn], inside ``jax.jit``
     too) or of one structure (numpy, from [`evaluate`][jmattersim.evaluate]).
 
     A pytree; a None field is an empty subtree. In a batch, graphs after the real
@@ -28,7 +28,7 @@ class Predictions(NamedTuple):
         stress: (G, 3, 3) of a batch, (3, 3) of one structure, **eV/Å³** (ASE's
             unit and sign, positive under tension): dE/dε / V for a strain ε
             applied as ``x @ (I + ε)``; None without derivatives.
-        energy_std: of a [`Committee`][jmattersim.Committee] (whose member means
+        energy_std: of a [`Committee`][jmattersim.train.Committee] (whose member means
             the fields above hold), the population standard deviation (ddof=0)
             of the members' energies, eV; None for a single model.
         forces_std: likewise, (N, 3) eV/Å, per component; None for a single model.

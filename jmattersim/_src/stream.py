@@ -111,7 +111,7 @@ def predict_file(
 
     Args:
         model: the [`Model`][jmattersim.Model] or
-            [`Committee`][jmattersim.Committee].
+            [`Committee`][jmattersim.train.Committee].
         src: any structure file ASE reads (extxyz, cif, POSCAR, traj...).
         out: the extxyz file to write: per frame ``energy`` and ``free_energy``
             eV, ``forces`` (N, 3) eV/Å, ``stress`` eV/Å³ (ASE's unit and sign);
@@ -120,7 +120,7 @@ def predict_file(
             the frame's info, ``forces_std`` (N, 3) eV/Å per atom.
         chunk: frames evaluated and written at a time.
         mesh: spread the batches over the devices of this mesh
-            ([`graph_mesh`][jmattersim.graph_mesh]).
+            ([`graph_mesh`][jmattersim.batch.graph_mesh]).
         resume: continue an interrupted run (False: start over).
         progress: show a progress bar (tqdm).
 

@@ -64,8 +64,8 @@ def graphs_tuple(
     pbc: Array | None = None,
 ) -> jraph.GraphsTuple:
     """An unpadded jraph graph of a batch of crystals, the input of
-    [`batch_energy_fn`][jmattersim.batch_energy_fn] (after
-    [`pad_graph`][jmattersim.pad_graph]). It has no edges: the energy builds the
+    [`batch_energy_fn`][jmattersim.batch.batch_energy_fn] (after
+    [`pad_graph`][jmattersim.batch.pad_graph]). It has no edges: the energy builds the
     topology inside.
 
     Args:
@@ -94,7 +94,7 @@ def graphs_tuple(
 
 
 def pad_graph(graph: jraph.GraphsTuple, n_node: int, n_graph: int) -> jraph.GraphsTuple:
-    """Pads a graph from [`graphs_tuple`][jmattersim.graphs_tuple] like
+    """Pads a graph from [`graphs_tuple`][jmattersim.batch.graphs_tuple] like
     ``jraph.pad_with_graphs`` (one padding graph holds the padding nodes, empty graphs
     after it), but traceable: it works on arrays being differentiated or
     jit-compiled. Padding lattices are unit cubes, so nothing divides by zero.

@@ -81,7 +81,7 @@ def train(
         valid_data: the same for validation; None holds out
             ``settings.valid_fraction`` of the training frames.
         out: the run directory (None: nothing written, nothing resumable).
-        settings: a [`TrainSettings`][jmattersim.TrainSettings]; or give its
+        settings: a [`TrainSettings`][jmattersim.train.TrainSettings]; or give its
             fields as keyword arguments (``epochs=5, lr=1e-4, ...``).
         restart: ignore (and replace) an earlier run in ``out``.
         progress: show a progress bar (tqdm) with the losses.
@@ -91,7 +91,7 @@ def train(
             resumable; for tests and time-limited jobs).
 
     Returns:
-        A [`TrainResult`][jmattersim.TrainResult].
+        A [`TrainResult`][jmattersim.train.TrainResult].
 
     Raises:
         InvalidLabelError: a frame lacks a label or has a wrong shape or unit.

@@ -16,11 +16,11 @@ import jmattersim  # noqa: E402
 from conftest import special_structures  # noqa: E402
 
 model = jmattersim.load_model(MODEL)
-committee = jmattersim.stack_models([perturbed(model, seed) for seed in range(3)])
+committee = jmattersim.train.stack_models([perturbed(model, seed) for seed in range(3)])
 structures = list(special_structures().values())[:4]
-mesh = jmattersim.graph_mesh()
+mesh = jmattersim.batch.graph_mesh()
 assert mesh.size == 2, mesh
-ladder = jmattersim.LADDER[:1]  # several groups: both devices hold structures
+ladder = jmattersim.batch.LADDER[:1]  # several groups: both devices hold structures
 split = jmattersim.evaluate(committee, structures, mesh=mesh, ladder=ladder)
 one = jmattersim.evaluate(committee, structures, ladder=ladder)
 for a, b in zip(split, one, strict=True):
