@@ -13,7 +13,6 @@ from ._src import runtime as _runtime
 
 _runtime.configure()  # a caching allocator and the persistent compile cache, before JAX runs
 
-from ._src.anharmonic import fc3, thermal_conductivity  # noqa: E402
 from ._src.array_checks import check_arrays  # noqa: E402
 from ._src.batch import (  # noqa: E402
     NeighborList,
@@ -32,7 +31,11 @@ from ._src.checks import CapacityOverflowError, InvalidStructureError, check_ato
 from ._src.committee import Committee, save_committee, stack_models  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
 from ._src.dataset import InvalidLabelError  # noqa: E402
-from ._src.elastic import ElasticTensor, elastic_tensor  # noqa: E402
+from ._src.derivatives.anharmonic import fc3, thermal_conductivity  # noqa: E402
+from ._src.derivatives.elastic import ElasticTensor, elastic_tensor  # noqa: E402
+from ._src.derivatives.hessian import hessian, hessian_columns  # noqa: E402
+from ._src.derivatives.minimum import NotAtMinimumWarning  # noqa: E402
+from ._src.derivatives.phonons import PhononSpectrum, phonon_spectrum, phonons  # noqa: E402
 from ._src.energy import (  # noqa: E402
     Predictions,
     batch_energy_fn,
@@ -41,12 +44,9 @@ from ._src.energy import (  # noqa: E402
 )
 from ._src.engine import LADDER  # noqa: E402
 from ._src.evaluate import Result, evaluate  # noqa: E402
-from ._src.hessian import hessian, hessian_columns  # noqa: E402
 from ._src.io import load_committee, load_model  # noqa: E402
-from ._src.minimum import NotAtMinimumWarning  # noqa: E402
 from ._src.neighbors import TopologyCapacity, capacity_for  # noqa: E402
 from ._src.padding import BatchBudget  # noqa: E402
-from ._src.phonons import PhononSpectrum, phonon_spectrum, phonons  # noqa: E402
 from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
 from ._src.sharding import graph_mesh  # noqa: E402
