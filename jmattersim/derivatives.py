@@ -5,11 +5,11 @@ constants and the lattice thermal conductivity.
 See the user guide's "Phonons and elastic constants" page.
 """
 
-from ._src.anharmonic import fc3, thermal_conductivity
-from ._src.elastic import ElasticTensor, elastic_tensor
-from ._src.hessian import hessian, hessian_columns
-from ._src.minimum import NotAtMinimumWarning
-from ._src.phonons import PhononSpectrum, phonon_spectrum, phonons
+from ._src.derivatives.anharmonic import fc3, thermal_conductivity
+from ._src.derivatives.elastic import ElasticTensor, elastic_tensor
+from ._src.derivatives.hessian import hessian, hessian_columns
+from ._src.derivatives.minimum import NotAtMinimumWarning
+from ._src.derivatives.phonons import PhononSpectrum, phonon_spectrum, phonons
 
 __all__ = [
     "ElasticTensor",

@@ -14,7 +14,8 @@ import pytest
 from ase.build import bulk
 
 import jmattersim
-from jmattersim._src import engine, hessian, jax_md, train_step
+from jmattersim._src import engine, jax_md, train_step
+from jmattersim._src.derivatives import hessian
 from jmattersim._src.graph import structure_graph
 from jmattersim._src.loss import LossSettings, pad_labels
 from jmattersim._src.padding import pad, tight_budget, total_counts

@@ -24,7 +24,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 import jmattersim
-from jmattersim._src.minimum import NotAtMinimumWarning
+from jmattersim._src.derivatives.minimum import NotAtMinimumWarning
 
 from conftest import triclinic
 

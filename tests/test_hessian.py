@@ -57,7 +57,7 @@ def smooth_forces(model, atoms) -> np.ndarray:
     clamp's derivative the identity (``smooth_angles``); bit-identical to the public
     forces unless a triplet is within 4.5e-4 rad of straight. All rows are asked
     for, as ``hessian`` does: the displaced structures reuse its compiled program."""
-    from jmattersim._src.hessian import rows_and_forces
+    from jmattersim._src.derivatives.hessian import rows_and_forces
 
     return rows_and_forces(model, atoms, range(len(atoms)))[1]
 
@@ -120,7 +120,7 @@ def test_float32_by_default(small_model):
 
 
 def test_a_chunk_that_does_not_fit_says_which_would(small_model, monkeypatch):
-    from jmattersim._src import hessian as module
+    from jmattersim._src.derivatives import chunks as module
 
     monkeypatch.setattr(module, "_available_memory", lambda: 1 << 20)  # 1 MiB
     with pytest.raises(MemoryError, match=r"structure \(Si2\).*pass atoms_chunk=1 or smaller"):

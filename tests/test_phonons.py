@@ -94,7 +94,7 @@ def test_phonons_match_upstream_phonon_workflow(scaled, key, tmp_path):
     exact force constants against upstream's finite displacements (0.01 Å, its
     default) on the same checkpoint: within 1 % of the largest frequency or upstream's own
     finite-displacement error (0.01 vs 0.005 Å), whichever is larger."""
-    from jmattersim._src.phonons import ase_atoms
+    from jmattersim._src.derivatives.phonons import ase_atoms
 
     model, calc = scaled
     with jax.enable_x64(True):
@@ -170,7 +170,7 @@ def test_phonon_spectrum_arrays_and_figure(small_model):
 def test_mixed_third_derivatives_equal_finite_differences_of_the_hessian(small_model):
     """Φ3[u1, u2] against central differences of exact Hessian rows along u2
     (float64, h = 1e-4 Å), relative 1e-5."""
-    from jmattersim._src.anharmonic import mixed_third_derivatives
+    from jmattersim._src.derivatives.anharmonic import mixed_third_derivatives
 
     cell = bulk("Si", "diamond", 5.43, cubic=True)
     cell.symbols[3] = "Ge"
@@ -202,7 +202,7 @@ def test_fc3_equals_finite_differences_of_the_hessian(small_model):
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("ignore", jmattersim.derivatives.NotAtMinimumWarning)
         ph3 = jmattersim.derivatives.fc3(small_model, cell, 2)
-        from jmattersim._src.phonons import ase_atoms
+        from jmattersim._src.derivatives.phonons import ase_atoms
 
         supercell = ase_atoms(ph3.supercell)
         p2s = ph3.primitive.p2s_map
@@ -232,7 +232,7 @@ def test_thermal_conductivity_matches_upstream_bte(scaled, tmp_path):
 
     from mattersim.applications.bte import BTEWorkflow
 
-    from jmattersim._src.phonons import ase_atoms
+    from jmattersim._src.derivatives.phonons import ase_atoms
 
     model, calc = scaled
     mesh = np.array([8, 8, 8])

@@ -81,7 +81,7 @@ def phonons_command(args: argparse.Namespace) -> int:
 
         jax.config.update("jax_enable_x64", True)
     try:
-        from .phonons import ase_atoms, phonon_spectrum, phonons, require_phonopy
+        from .derivatives.phonons import ase_atoms, phonon_spectrum, phonons, require_phonopy
 
         require_phonopy()
     except ImportError as e:

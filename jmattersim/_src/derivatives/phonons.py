@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ase import Atoms
 
-from .checkpoint import Model
-from .checks import structure_label
+from ..checkpoint import Model
+from ..checks import structure_label
 from .hessian import rows_and_forces
 from .minimum import warn_residual
 
@@ -111,7 +111,7 @@ def _relaxed(model: Model, atoms: Atoms, relax: bool | dict, symprec: float, dty
     """Positions and cell relaxed with the space group kept (ASE's FixSymmetry)."""
     from ase.constraints import FixSymmetry
 
-    from .relax import relax as relax_structures
+    from ..relax import relax as relax_structures
 
     options = {"fmax": RELAX_FMAX, "max_steps": 2000, "optimizer": "BFGS"}
     options.update(relax if isinstance(relax, dict) else {})

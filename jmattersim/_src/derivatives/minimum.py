@@ -13,9 +13,7 @@ import warnings
 import numpy as np
 from ase import Atoms
 
-from .checkpoint import Model
-from .checks import structure_label
-from .evaluate import evaluate
+from ..checks import structure_label
 
 # eV/Å: above this residual force the structure is not treated as relaxed.
 FMAX_AT_MINIMUM = 0.01
@@ -25,43 +23,6 @@ SMAX_AT_MINIMUM = 0.1
 
 class NotAtMinimumWarning(UserWarning):
     """Derivatives asked for at a structure with residual forces or stress."""
-
-
-def warn_if_not_at_minimum(
-    model: Model,
-    atoms: Atoms,
-    *,
-    what: str,
-    check_stress: bool = False,
-    fmax: float = FMAX_AT_MINIMUM,
-    smax: float = SMAX_AT_MINIMUM,
-    dtype=None,
-) -> tuple[float, float]:
-    """Warns (:class:`NotAtMinimumWarning`) if ``atoms`` has a residual force above
-    ``fmax`` (eV/Å) or, with ``check_stress``, a stress component above ``smax`` (GPa).
-
-    Args:
-        model: the model.
-        atoms: the structure.
-        what: what is being computed, for the message ("phonons", ...).
-        check_stress: also check the stress (periodic cells).
-        fmax: eV/Å.
-        smax: GPa.
-        dtype: the evaluation's float type.
-
-    Returns:
-        (largest force norm eV/Å, largest |stress component| GPa).
-    """
-    result = evaluate(model, [atoms], dtype=dtype)[0]
-    return warn_residual(
-        atoms,
-        result.forces,
-        result.stress_gpa if check_stress else None,
-        what=what,
-        fmax=fmax,
-        smax=smax,
-        stacklevel=4,
-    )
 
 
 def warn_residual(

@@ -21,16 +21,13 @@ import jraph
 import numpy as np
 from ase import Atoms
 
-from .arrays import Array, default_float
-from .checkpoint import Model
-from .checks import structure_label
-from .config import M3GNetConfig
-from .energy import EV_PER_A3_TO_GPA, batch_energy_of, forces_and_stress
-from .graph import checked_graph
-from .hessian import DEFAULT_TANGENTS, REMAT, compiled_with_memory, fitting_call, memory_budget
-from .minimum import warn_if_not_at_minimum
-from .padding import counts_of, pad, tight_budget
-from .runtime import release_memory
+from ..arrays import Array, default_float
+from ..checkpoint import Model
+from ..checks import structure_label
+from ..config import M3GNetConfig
+from ..energy import EV_PER_A3_TO_GPA, batch_energy_of, forces_and_stress
+from .chunks import DEFAULT_TANGENTS, REMAT, chunked
+from .minimum import warn_residual
 
 # Voigt order xx, yy, zz, yz, xz, xy: the (row, column) of each component.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -125,10 +122,12 @@ def _strain_matrix(e: Array) -> Array:
 
 
 def _jvps(config: M3GNetConfig, n_real: int):
-    """f(params, batch, x (n_real, 3), dx (T, n_real, 3), de (T, 6)) -> (T, n_real, 3),
-    (T, 6), V: along each tangent (dx, de), the derivative of the energy's gradient in
-    the positions (eV/Å per unit) and of the stress at the strained structure (eV/Å³
-    per unit), at positions x and strain 0; and the volume Å³."""
+    """f(params, batch, x (n_real, 3), dx (T, n_real, 3), de (T, 6)) ->
+    ((dE/dx (n_real, 3) eV/Å, σ (3, 3) eV/Å³, V Å³), ((T, n_real, 3), (T, 6))): at
+    positions x and strain 0, the energy's gradient in the positions, the stress and
+    the volume (the jvp's primal: the residual forces and stress come free); and along
+    each tangent (dx, de), the derivative of that gradient (eV/Å per unit) and of the
+    stress at the strained structure (Voigt, eV/Å³ per unit)."""
 
     def jvps(params, batch, x, dx, de):
         energy_of = batch_energy_of(config, params, batch, remat=REMAT, smooth_angles=True)
@@ -139,7 +138,7 @@ def _jvps(config: M3GNetConfig, n_real: int):
         unit = jnp.eye(3, dtype=x.dtype)
 
         def first(r, e):
-            """(∂E/∂r (n_real, 3), σ (6,)) at reference positions r and strain e (6,)."""
+            """(∂E/∂r (n_real, 3), σ (3, 3)) at reference positions r and strain e (6,)."""
             eps = _strain_matrix(e)
             strained = real[:, None, None] * eps  # the structure's graph; padding stays
 
@@ -150,68 +149,48 @@ def _jvps(config: M3GNetConfig, n_real: int):
             out = forces_and_stress(
                 energy, padded.at[:n_real].set(r), lattices @ (unit + strained), real
             )
-            return -out.forces[:n_real], jnp.stack([out.stress[0, i, j] for i, j in VOIGT])
+            return -out.forces[:n_real], out.stress[0]
 
         e0 = jnp.zeros(6, x.dtype)
-        d_grad, d_stress = jax.vmap(lambda u, v: jax.jvp(first, (x, e0), (u, v))[1])(dx, de)
-        return d_grad, d_stress, volume
+        (grad, stress), (d_grad, d_stress) = jax.vmap(
+            lambda u, v: jax.jvp(first, (x, e0), (u, v)), out_axes=(None, 0)
+        )(dx, de)
+        d_voigt = jnp.stack([d_stress[:, i, j] for i, j in VOIGT], axis=1)
+        return (grad, stress, volume), (d_grad, d_voigt)
 
     return jvps
 
 
-def _compiled(config: M3GNetConfig, args: tuple, rows: int):
-    """The compiled call for ``rows`` tangents and the bytes it needs (XLA's memory
-    analysis; 0 where the backend has none), compiled ahead of time, once."""
-    x = args[2]
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    abstract = (
-        *abstract,
-        jax.ShapeDtypeStruct((rows, *x.shape), x.dtype),
-        jax.ShapeDtypeStruct((rows, 6), x.dtype),
+def _derivatives(model: Model, atoms: Atoms, dtype, relaxed_ions: bool):
+    """(C (6, 6) eV/Å³, Λ (3N, 6) eV/Å, H (3N, 3N) eV/Å² or None, V Å³, residual
+    forces (N, 3) eV/Å, residual stress (3, 3) eV/Å³): the exact second derivatives,
+    in chunks of tangents (the six strains, then the 3N position directions where H
+    is needed, or where they come free in the same call), and the first ones."""
+    n = len(atoms)
+
+    def basis(start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unit tangents ``[start, stop)`` of (e (6,), x (N, 3)), strains first, padded:
+        (size, N, 3) and (size, 6)."""
+        rows = np.zeros((size, 3 * n + 6), dtype)
+        k = np.arange(stop - start)
+        rows[k, start + k] = 1.0
+        return rows[:, 6:].reshape(size, n, 3), rows[:, :6]
+
+    (grad, stress, volume), (d_grad, d_stress) = chunked(
+        model,
+        atoms,
+        _jvps,
+        3 * n + 6,
+        basis,
+        cap=DEFAULT_TANGENTS + 6,
+        needed=None if relaxed_ions else 6,
+        dtype=dtype,
     )
-    return compiled_with_memory(config, _jvps, abstract)
-
-
-def _first_guess(config: M3GNetConfig, graph, needed: int, dtype) -> int:
-    """Tangents per call from the graph's size (the Hessian's estimate, about 5 stored
-    values per edge or triplet, unit and tangent): at most ``needed`` and
-    DEFAULT_TANGENTS + 6."""
-    per_row = 5 * (graph.n_edge + graph.n_triplet) * config.units * np.dtype(dtype).itemsize
-    cap = min(needed, DEFAULT_TANGENTS + 6)
-    return int(np.clip(memory_budget() // max(per_row, 1), 1, cap))
-
-
-def _derivatives(model: Model, graph, dtype, relaxed_ions: bool):
-    """(C (6, 6) eV/Å³, Λ (3N, 6) eV/Å, H (3N, 3N) eV/Å² or None, V Å³): the exact
-    second derivatives, in chunks of tangents (the six strains, then the 3N position
-    directions where H is needed, or where they come free in the same call)."""
-    config = model.config
-    n = graph.n_node
-    batch = pad([graph], tight_budget(counts_of(graph)), config, dtype)
-    batch = jax.tree_util.tree_map(jnp.asarray, batch)
-    args = (model.astype(dtype).params, batch, jnp.asarray(graph.positions, dtype))
-    total = 3 * n + 6
-    rows = _first_guess(config, graph, total, dtype)
-    if not relaxed_ions and rows < total:
-        total = 6  # the Hessian is not needed and would take more calls
-        rows = min(rows, total)
-    rows, fn = fitting_call(lambda size: _compiled(config, args, size), rows)
-    basis = np.eye(total, 3 * n + 6, dtype=dtype)  # row k: unit tangent k (strains first)
-    d_grad = np.empty((total, 3 * n), dtype)
-    d_stress = np.empty((total, 6), dtype)
-    for start in range(0, total, rows):
-        part = basis[start : start + rows]
-        part = np.pad(part, ((0, rows - len(part)), (0, 0)))
-        dx = jnp.asarray(part[:, 6:].reshape(rows, n, 3))
-        grad, stress, volume = fn(*args, dx, jnp.asarray(part[:, :6]))
-        release_memory()
-        stop = min(start + rows, total)
-        d_grad[start:stop] = np.asarray(grad).reshape(rows, 3 * n)[: stop - start]
-        d_stress[start:stop] = np.asarray(stress)[: stop - start]
+    d_grad = d_grad.reshape(len(d_grad), 3 * n)
     c = d_stress[:6].T  # C[a, b] = dσ_a / de_b
     mixed = d_grad[:6].T  # Λ[i, b] = ∂²E / ∂r_i ∂e_b
-    hess = d_grad[6:] if total > 6 else None
-    return c, mixed, hess, float(volume)
+    hess = d_grad[6:] if len(d_grad) > 6 else None
+    return c, mixed, hess, float(volume), -grad, stress
 
 
 def _relaxation(hess: np.ndarray, mixed: np.ndarray, dtype) -> np.ndarray:
@@ -241,7 +220,8 @@ def elastic_tensor(
     position Hessian (3N, 3N), both exact, the uniform translations projected out.
     The neighbour topology is held fixed. Warns (``NotAtMinimumWarning``) where the
     structure has residual forces or stress: the derivatives are then exact at that
-    geometry but are not its elastic constants.
+    geometry but are not its elastic constants. The residuals are the gradient and
+    stress that the derivatives' own call computes (its primal): no second pass.
 
     Args:
         model: a [`Model`][jmattersim.Model].
@@ -269,9 +249,8 @@ def elastic_tensor(
             f"directions, got pbc={tuple(bool(p) for p in atoms.pbc)}"
         )
     dtype = np.dtype(dtype or default_float())
-    warn_if_not_at_minimum(model, atoms, what="elastic constants", check_stress=True, dtype=dtype)
-    graph = checked_graph(atoms, model.config)
-    c, mixed, hess, volume = _derivatives(model, graph, dtype, relaxed_ions)
+    c, mixed, hess, volume, forces, stress = _derivatives(model, atoms, dtype, relaxed_ions)
+    warn_residual(atoms, forces, stress * EV_PER_A3_TO_GPA, what="elastic constants")
     clamped = c * EV_PER_A3_TO_GPA
     relaxed = None
     if relaxed_ions:

@@ -6,7 +6,7 @@ displaced by u1 is fitted to ``F(u1 + u2) - F(u1)`` over the u2, and fc3 to its
 change with u1. Here those forces are the exact polynomial a finite-difference
 code approximates, ``F(u1) = -H u1`` and ``F(u1 + u2) = -H (u1 + u2) - Φ3[u1, u2]``,
 with H the exact Hessian (phonopy's symmetry-distributed fc2, see
-:mod:`jmattersim._src.phonons`) and ``Φ3[u1, u2] = d3E/dr dr dr . u1 . u2`` the
+:mod:`jmattersim._src.derivatives.phonons`) and ``Φ3[u1, u2] = d3E/dr dr dr . u1 . u2`` the
 exact mixed third derivative (a ``jax.linearize`` of a Hessian-vector product,
 one compiled call per first displacement and chunk of second displacements).
 phono3py's solver then returns the exact third derivatives, and its
@@ -15,23 +15,20 @@ symmetrisation and thermal-conductivity code apply unchanged.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from .arrays import default_float
-from .checkpoint import Model
-from .checks import structure_label
-from .config import M3GNetConfig
-from .graph import checked_graph
+from ..arrays import default_float
+from ..checkpoint import Model
+from ..checks import structure_label
+from ..config import M3GNetConfig
+from .chunks import chunked
 from .hessian import gradient_in_positions
 from .minimum import warn_residual
-from .padding import counts_of, pad, tight_budget
 from .phonons import (
     AMPLITUDE,
     ase_atoms,
@@ -41,7 +38,6 @@ from .phonons import (
     primitive_matrix_of,
     supercell_matrix_of,
 )
-from .runtime import release_memory
 
 if TYPE_CHECKING:  # phono3py is the optional "phonons" extra
     from phono3py import Phono3py
@@ -49,10 +45,10 @@ if TYPE_CHECKING:  # phono3py is the optional "phonons" extra
 PAIRS_CHUNK = 8  # second displacements per compiled call (larger is slower on CPU)
 
 
-@functools.lru_cache(maxsize=8)
-def _mixed_fn(config: M3GNetConfig, n_real: int):
-    """jit f(params, batch, x, u1 (n, 3), U2 (T, n, 3)) -> (T, n, 3): Φ3[u1, u2_t], the
-    derivative of the Hessian-vector product H(x) u1 along each u2_t."""
+def _mixed(config: M3GNetConfig, n_real: int):
+    """f(params, batch, x, u1 (n, 3), U2 (T, n, 3)) -> (H(x) u1 (n, 3), (T, n, 3)) eV/Å
+    (u in Å): the Hessian-vector product, and Φ3[u1, u2_t], its derivative along
+    each u2_t."""
 
     def mixed(params, batch, x, u1, second):
         grad = gradient_in_positions(config, params, batch, n_real)
@@ -60,10 +56,10 @@ def _mixed_fn(config: M3GNetConfig, n_real: int):
         def hvp(y):
             return jax.jvp(grad, (y,), (u1,))[1]
 
-        _, along = jax.linearize(hvp, x)
-        return jax.vmap(along)(second)
+        product, along = jax.linearize(hvp, x)
+        return product, jax.vmap(along)(second)
 
-    return jax.jit(mixed)
+    return mixed
 
 
 def mixed_third_derivatives(
@@ -72,43 +68,53 @@ def mixed_third_derivatives(
     first: tuple[int, np.ndarray],
     second: Sequence[tuple[int, np.ndarray]],
     *,
-    chunk: int = PAIRS_CHUNK,
+    chunk: int | None = None,
     dtype=None,
 ) -> np.ndarray:
     """``Φ3[u1, u2]`` for one first displacement and many second ones.
 
     Args:
         model: the model.
-        supercell: the undisplaced supercell.
+        supercell: the undisplaced supercell (N atoms).
         first: (atom, displacement (3,) Å).
         second: (atom, displacement (3,) Å) pairs.
-        chunk: second displacements per compiled call (padded: one shape).
+        chunk: second displacements per compiled call (padded: one shape for every
+            call); default PAIRS_CHUNK, fewer where one call would exceed the
+            memory budget.
         dtype: float type (float64 under x64 by default).
 
     Returns:
         (len(second), N, 3) eV/Å: ``sum d3E/dr_k dr_i dr_j u1_i u2_j``, float64.
+
+    Raises:
+        MemoryError: a given ``chunk`` would need more memory than is available.
     """
     dtype = np.dtype(dtype or default_float())
-    config = model.config
-    graph = checked_graph(supercell, config)
-    n = graph.n_node
-    batch = jax.tree_util.tree_map(
-        jnp.asarray, pad([graph], tight_budget(counts_of(graph)), config, dtype)
-    )
-    params = model.astype(dtype).params
-    x = jnp.asarray(graph.positions, dtype)
+    n = len(supercell)
     u1 = np.zeros((n, 3), dtype)
     u1[first[0]] = first[1]
-    fn = _mixed_fn(config, n)
-    out = np.zeros((len(second), n, 3))
-    for start in range(0, len(second), chunk):
-        part = second[start : start + chunk]
-        tangents = np.zeros((chunk, n, 3), dtype)
-        for k, (atom, u2) in enumerate(part):
-            tangents[k, atom] = u2
-        out[start : start + len(part)] = np.asarray(fn(params, batch, x, u1, tangents))[: len(part)]
-        release_memory()
-    return out
+
+    def displacements(start: int, stop: int, size: int) -> tuple[np.ndarray]:
+        """(size, N, 3): the second displacements ``[start, stop)``, padded with zeros."""
+        out = np.zeros((size, n, 3), dtype)
+        for k, (atom, u2) in enumerate(second[start:stop]):
+            out[k, atom] = u2
+        return (out,)
+
+    _, phis = chunked(
+        model,
+        supercell,
+        _mixed,
+        len(second),
+        displacements,
+        fixed=(u1,),
+        cap=PAIRS_CHUNK,
+        size=chunk,
+        snug=False,
+        what="fc3",
+        dtype=dtype,
+    )
+    return phis.astype(np.float64)
 
 
 def _mixed_by_span(model, supercell, first, pairs, dtype) -> np.ndarray:
