@@ -8,14 +8,8 @@ Conventions are jax-md's: positions ``R`` (N, 3) are fractional coordinates and
 Importing this module imports jax-md (a few seconds); ``import jmattersim`` does not.
 """
 
-from ._src.jax_md import (
-    MatterSimNeighborList,
-    NeighborFns,
-    NeighborListCapacity,
-    atoms_to_jax_md,
-    mattersim_neighbor_list,
-    one_hot,
-)
+from ._src.jax_md import atoms_to_jax_md, mattersim_neighbor_list, one_hot
+from ._src.jax_md_lists import MatterSimNeighborList, NeighborFns, NeighborListCapacity
 from ._src.md import ENSEMBLES
 
 __all__ = [

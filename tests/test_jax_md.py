@@ -25,13 +25,10 @@ from ase.neighborlist import primitive_neighbor_list
 
 import jmattersim
 from jmattersim._src.graph import structure_graph
-from jmattersim._src.jax_md import (
-    build_triplets,
-    image_edges,
-    image_range,
-    neighbor_energy,
-    perpendicular_widths,
-)
+from jmattersim._src.jax_md import neighbor_energy
+from jmattersim._src.jax_md_lists import image_edges, image_range, perpendicular_widths
+from jmattersim._src.neighbors import build_triplets
+from jmattersim._src.topology import Topology
 from jmattersim.jax_md import (
     MatterSimNeighborList,
     atoms_to_jax_md,
@@ -283,7 +280,8 @@ def _batched_lists(frames_, size, images, max_edges, max_neighbors, max_triplets
             R, box, CUTOFF + skin, (True,) * 3, images, max_edges, node_mask
         )
         t, tm, tover = build_triplets(s, d2, m, size, CUTOFF3 + skin, max_neighbors, max_triplets)
-        return MatterSimNeighborList(s, r, sh, m, t, tm, R, over | tover, None, None, None)
+        topology = Topology(s, r, sh, m, t, tm, over | tover)
+        return MatterSimNeighborList(topology, R, None, None, None)
 
     return pos, boxes, types, mask, jax.vmap(one)(pos, boxes, mask)
 

@@ -1,6 +1,6 @@
 """Converted models on disk: an Orbax checkpoint plus ``config.json``.
 
-Below the conversion (:mod:`jmattersim._src.conversion`) and the name resolution
+Below the conversion (``convert_weights``) and the name resolution
 (:mod:`jmattersim._src.io`): nothing here reads ``.pth`` files or downloads.
 
 Layout of a model directory::
@@ -147,17 +147,23 @@ def save_model(model: Model, out: str | os.PathLike, overwrite: bool = False) ->
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
     """
-    meta = {"format": FORMAT, "model_args": model.config.to_dict(), "source": model.source}
-    return write_directory(model.params, meta, out, overwrite)
+    return write_directory(model, out, overwrite)
 
 
-def write_directory(params: Any, meta: dict, out: str | os.PathLike, overwrite: bool) -> Path:
-    """Writes ``params`` (an Orbax checkpoint, ``params/``) and ``meta``
-    (``config.json``) to the directory ``out``, atomically."""
+def write_directory(holder: Any, out: str | os.PathLike, overwrite: bool, **meta: Any) -> Path:
+    """Writes the ``params`` of ``holder`` (a model or committee; an Orbax
+    checkpoint, ``params/``) and ``config.json`` (the format, its config, its
+    source and ``meta``) to the directory ``out``, atomically."""
     import orbax.checkpoint as ocp
 
+    meta = {
+        "format": FORMAT,
+        "model_args": holder.config.to_dict(),
+        "source": holder.source,
+        **meta,
+    }
     with atomic_directory(out, overwrite) as tmp:
-        params = jax.tree_util.tree_map(np.asarray, params)
+        params = jax.tree_util.tree_map(np.asarray, holder.params)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
             ckptr.wait_until_finished()

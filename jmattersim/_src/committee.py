@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from .checkpoint import (
-    FORMAT,
     Model,
     cached_cast,
     check_params,
@@ -135,28 +134,20 @@ def stack_models(models: Sequence[Model]) -> Committee:
 
 
 def save_committee(committee: Committee, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Writes ``committee`` to the directory ``out`` atomically (as
-    [`save_model`][jmattersim.save_model], with ``"committee": K`` in
-    ``config.json``).
+    """Writes ``committee`` to the directory ``out`` atomically, as
+    [`save_model`][jmattersim.save_model] writes a model: the stacked variables in
+    ``params/``, and ``"committee": K`` added to ``config.json``.
 
     Args:
         committee: the [`Committee`][jmattersim.train.Committee].
-        out: the directory to write.
+        out: the directory to write; it may exist only with ``overwrite``
+            (FileExistsError otherwise).
         overwrite: replace an existing ``out``.
 
     Returns:
         ``out``, as a ``Path``.
-
-    Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
     """
-    meta = {
-        "format": FORMAT,
-        "model_args": committee.config.to_dict(),
-        "source": committee.source,
-        "committee": committee.size,
-    }
-    return write_directory(committee.params, meta, out, overwrite)
+    return write_directory(committee, out, overwrite, committee=committee.size)
 
 
 def committee_size(path: str | os.PathLike) -> int | None:
