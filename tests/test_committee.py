@@ -57,14 +57,14 @@ def results(committee, structures):
 
 
 def test_one_compilation_per_budget_whatever_the_size(committee, structures):
-    engine.predict_committee.clear_cache()  # trace again, whatever ran before
+    engine.predict_batch.clear_cache()  # trace again, whatever ran before
     with traces() as counts, engine.recording() as used:
         jmattersim.evaluate(committee, structures)
     assert {key[-1] for key in used} == {K}
-    assert counts["predict_committee"] == len(used) >= 1
+    assert counts["predict_batch"] == len(used) >= 1
     with traces() as counts:
         jmattersim.evaluate(committee, structures[::-1])
-    assert counts["predict_committee"] == 0
+    assert counts["predict_batch"] == 0
 
 
 def test_mean_and_std_equal_the_members(members, structures, results):

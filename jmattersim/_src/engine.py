@@ -18,8 +18,8 @@ compiled functions: a process compiles at most one function per rung of
   its own budget, each count rounded up to :func:`~jmattersim._src.padding.bucket`.
 
 A :class:`~jmattersim.train.Committee` of K models runs the same plan through
-:func:`predict_committee`: the model vmapped over the members' stacked variables,
-one compiled function per budget whatever K is (its working memory K times a
+:func:`predict_batch` with ``committee``: the model vmapped over the members'
+stacked variables, one compiled function per budget whatever K is (its working memory K times a
 model's), returning the member mean and population standard deviation in one
 :class:`~jmattersim.Predictions` (its ``_std`` fields).
 """
@@ -148,7 +148,7 @@ def _cost(
 
 
 _RECORDERS: list[set] = []
-_STATIC = ("config", "derivatives", "within_cutoffs", "soft_normalize")
+_STATIC = ("config", "derivatives", "within_cutoffs", "soft_normalize", "committee")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -159,29 +159,21 @@ def predict_batch(
     derivatives: bool = True,
     within_cutoffs: bool = False,
     soft_normalize: bool = True,
+    committee: bool = False,
 ) -> Predictions:
     """:func:`jmattersim._src.energy.predict` (or energies only, without ``derivatives``),
-    compiled once per config, budget and dtype."""
-    return _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize)
+    compiled once per config, budget, dtype and committee size. With ``committee``,
+    ``params`` are stacked along a leading member axis and the model is vmapped
+    over them: the member means, with the population standard deviations (ddof=0)
+    in the ``_std`` fields."""
+    args = (derivatives, within_cutoffs, soft_normalize, committee)
+    return _predict_any(config, params, batch, *args)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def predict_committee(
-    config: M3GNetConfig,
-    params,
-    batch,
-    derivatives: bool = True,
-    within_cutoffs: bool = False,
-    soft_normalize: bool = True,
-) -> Predictions:
-    """:func:`predict_batch` of every member (``params`` stacked along a leading
-    member axis), vmapped: the member means, with the population standard
-    deviations (ddof=0) in the ``_std`` fields, compiled once per config, budget,
-    dtype and committee size."""
-    return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
+def _predict_any(config, params, batch, derivatives, within_cutoffs, soft_normalize, committee):
+    if not committee:
+        return _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize)
 
-
-def _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize):
     def one(member_params):
         return _predict(config, member_params, batch, derivatives, within_cutoffs, soft_normalize)
 
@@ -260,9 +252,8 @@ def _sharded_predict(
     committee: bool = False,
 ):
     def fn(params, batch):
-        if committee:
-            return _committee(config, params, batch, derivatives, within_cutoffs, soft_normalize)
-        return predict_batch(config, params, batch, derivatives, within_cutoffs, soft_normalize)
+        args = (derivatives, within_cutoffs, soft_normalize, committee)
+        return _predict_any(config, params, batch, *args)
 
     return sharding.over_devices(fn, mesh)
 
@@ -305,7 +296,6 @@ def run(
         run_step = _sharded_predict(config, derivatives, within, soft_normalize, mesh, committee)
     else:
         steps = [([group], budget) for group, budget in groups]
-    single = predict_committee if committee else predict_batch
     out: list[Predictions | None] = [None] * len(graphs)
     for step, budget in steps:  # one call at a time: concurrent calls slow each other down
         batches = [pad([graphs[k] for k in g], budget, config, dtype) for g in step]
@@ -313,6 +303,7 @@ def run(
             batches += [pad([], budget, config, dtype)] * (mesh.size - len(step))
             result = run_step(params, sharding.place(sharding.stack(batches), mesh))
         else:
-            result = single(config, params, batches[0], derivatives, within, soft_normalize)
+            args = (derivatives, within, soft_normalize, committee)
+            result = predict_batch(config, params, batches[0], *args)
         _collect(step, result, graphs, out, stacked_runs)
     return out  # type: ignore[return-value]
