@@ -79,7 +79,7 @@ def scaling(model, sizes, steps):
         n = len(atoms)
         rows.append((n, dt))
         print(
-            f"{n:6d} {nbrs.capacity.method:>10} {dt * 1e3:10.1f} {dt / n * 1e6:13.1f} "
+            f"{n:6d} {nbrs.method:>10} {dt * 1e3:10.1f} {dt / n * 1e6:13.1f} "
             f"{compile_s:10.1f}   (median {np.median(times) * 1e3:.1f} ms)",
             flush=True,
         )

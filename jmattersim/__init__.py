@@ -10,7 +10,7 @@ The names below are the everyday API. The rest lives in public sub-modules named
 what they hold, loaded on first use:
 
 - :mod:`jmattersim.batch`: jraph batches, their energy functions, neighbour lists,
-  budgets and capacities, the device mesh;
+  the engine's ladder of budgets, the device mesh;
 - :mod:`jmattersim.checks`: input checks and ``checkify`` energies;
 - :mod:`jmattersim.derivatives`: Hessians, phonons, elastic constants, fc3, κ;
 - :mod:`jmattersim.train`: fine-tuning, committees, metrics;
@@ -28,6 +28,7 @@ _runtime.configure()  # a caching allocator and the persistent compile cache, be
 
 from ._src.batch import forward_batch  # noqa: E402
 from ._src.calculator import MatterSimCalculator  # noqa: E402
+from ._src.capacity import Capacity  # noqa: E402
 from ._src.checkpoint import Model, save_model  # noqa: E402
 from ._src.checks import CapacityOverflowError, InvalidStructureError  # noqa: E402
 from ._src.config import M3GNetConfig  # noqa: E402
@@ -66,6 +67,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "PUBLISHED",
+    "Capacity",
     "CapacityOverflowError",
     "InvalidStructureError",
     "M3GNetConfig",

@@ -9,14 +9,13 @@ Importing this module imports jax-md (a few seconds); ``import jmattersim`` does
 """
 
 from ._src.jax_md import atoms_to_jax_md, mattersim_neighbor_list, one_hot
-from ._src.jax_md_lists import MatterSimNeighborList, NeighborFns, NeighborListCapacity
+from ._src.jax_md_lists import MatterSimNeighborList, NeighborFns
 from ._src.md import ENSEMBLES
 
 __all__ = [
     "ENSEMBLES",
     "MatterSimNeighborList",
     "NeighborFns",
-    "NeighborListCapacity",
     "atoms_to_jax_md",
     "mattersim_neighbor_list",
     "one_hot",

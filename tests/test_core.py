@@ -15,10 +15,11 @@ from ase.build import bulk
 
 import jmattersim
 from jmattersim._src import engine, jax_md, train_step
+from jmattersim._src.capacity import Capacity
 from jmattersim._src.derivatives import hessian
 from jmattersim._src.graph import structure_graph
 from jmattersim._src.loss import LossSettings, pad_labels
-from jmattersim._src.padding import pad, tight_budget, total_counts
+from jmattersim._src.padding import pad, total_counts
 
 pytestmark = pytest.mark.fast
 
@@ -68,7 +69,7 @@ def _derives(fn, *args, **static) -> bool:
 def si_batch(small_model):
     """Si (2 atoms) as a padded host batch of the small model, float32."""
     graphs = [structure_graph(bulk("Si", "diamond", a=5.43), small_model.config)]
-    return pad(graphs, tight_budget(total_counts(graphs)), small_model.config, np.float32)
+    return pad(graphs, Capacity.above(total_counts(graphs)), small_model.config, np.float32)
 
 
 def test_every_path_derives_forces_and_stress_in_one_place(small_model, si_batch):

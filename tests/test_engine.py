@@ -15,7 +15,7 @@ import pytest
 
 import jmattersim
 from jmattersim._src import cli, engine
-from jmattersim._src.padding import BatchBudget, Counts
+from jmattersim._src.capacity import Capacity, Counts
 
 from conftest import SHARED
 
@@ -112,7 +112,7 @@ def test_plan_puts_each_structure_in_one_group_within_its_budget():
 
 @pytest.mark.fast
 def test_first_fit_decreasing_keeps_every_count_strictly_below_the_budget():
-    budget = BatchBudget(nodes=10, edges=100, triplets=1000, graphs=4)
+    budget = Capacity(nodes=10, edges=100, triplets=1000, graphs=4)
     counts = [Counts(3, 33, 100, 1)] * 9
     groups = engine.first_fit_decreasing(list(range(9)), counts, budget)
     for group in groups:

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 import jmattersim._src.energy as energy_module
+from jmattersim._src.capacity import Capacity
 from jmattersim._src.config import M3GNetConfig
 from jmattersim._src.energy import energies, predict
 from jmattersim._src.graph import structure_graph
 from jmattersim._src.model import M3GNet, init_params
-from jmattersim._src.padding import pad, tight_budget, total_counts
+from jmattersim._src.padding import pad, total_counts
 
 from conftest import mptrj_frames, special_structures
 
@@ -75,7 +76,7 @@ def predictions(graphs, params, dtype, fast=True, remat=False):
 
 def _predictions(graphs, params, dtype, **options):
     cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
-    batch = pad(graphs, tight_budget(total_counts(graphs)), CONFIG, np.dtype(dtype))
+    batch = pad(graphs, Capacity.above(total_counts(graphs)), CONFIG, np.dtype(dtype))
     model = functools.partial(M3GNet, **options)
     with mock.patch.object(energy_module, "M3GNet", model):
         # a fresh function: jit's cache must not hand back another variant's trace
@@ -129,7 +130,7 @@ def test_remat_equals_plain(graphs, params):
 
 def force_stress_loss_grad(graphs, params, **options):
     """Gradient in positions, lattice and atom types of sum |F|^2 + sum |stress|^2."""
-    batch = pad(graphs, tight_budget(total_counts(graphs)), CONFIG, np.float64)
+    batch = pad(graphs, Capacity.above(total_counts(graphs)), CONFIG, np.float64)
     g = batch.graph
     topo = batch.topology
     real = np.arange(g.n_node.shape[0]) < len(graphs)

@@ -15,10 +15,11 @@ from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
+from jmattersim._src.capacity import Capacity, Counts
 from jmattersim._src.config import M3GNetConfig
 from jmattersim._src.graph import structure_graph
 from jmattersim._src.neighbors import capacity_for, topology
-from jmattersim._src.padding import BatchBudget, Counts, pad, total_counts
+from jmattersim._src.padding import pad, total_counts
 from jmattersim._src.tensors import (
     batch_index_to_sizes,
     graphs_tuple,
@@ -138,7 +139,7 @@ def test_pad_follows_jraph_and_keeps_padding_apart():
         sum(g.n_triplet for g in graphs),
         3,
     )
-    budget = BatchBudget(
+    budget = Capacity(
         nodes=total.nodes + 5, edges=total.edges + 7, triplets=total.triplets + 3, graphs=5
     )
     batch = pad(graphs, budget, CONFIG)
@@ -161,8 +162,12 @@ def test_pad_refuses_a_budget_without_room_for_padding():
     graphs = [structure_graph(bulk("Si", "diamond", 5.43), CONFIG)]
     exact = total_counts(graphs)
     with pytest.raises(ValueError, match="cannot hold"):
-        pad(graphs, BatchBudget(exact.nodes, exact.edges, exact.triplets, exact.graphs), CONFIG)
-    pad(graphs, BatchBudget(exact.nodes + 1, exact.edges + 1, exact.triplets + 1, 2), CONFIG)
+        pad(graphs, Capacity.padded(exact), CONFIG)
+    pad(
+        graphs,
+        Capacity.padded(Counts(exact.nodes + 1, exact.edges + 1, exact.triplets + 1, 2)),
+        CONFIG,
+    )
 
 
 def test_sizes_and_batch_index_round_trip():

@@ -39,8 +39,8 @@ from hypothesis.errors import InvalidArgument
 
 import jmattersim
 from jmattersim import evaluate
+from jmattersim._src.capacity import Capacity
 from jmattersim._src.checks import InvalidStructureError, check_atoms
-from jmattersim._src.padding import BatchBudget
 
 PROFILES = {
     "ci": dict(
@@ -77,7 +77,7 @@ PROFILE = _profile()
 # One padded shape for every batch (one compile): structures of at most 8 atoms at
 # 18-30 Å^3 per atom (a typical solid's density; ~30 bonds and ~150 triplets per
 # atom); a batch that does not fit is split into calls of the same shape.
-LADDER = (BatchBudget(nodes=16, edges=768, triplets=4096, graphs=4),)
+LADDER = (Capacity(nodes=16, edges=768, triplets=4096, graphs=4),)
 RTOL = 1e-11  # relative to max(1, |quantity|): see the module docstring
 
 

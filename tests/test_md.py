@@ -115,7 +115,7 @@ def test_cell_list_under_x64_warns_nothing(small_model):
         neighbor_fn, _ = mattersim_neighbor_list(small_model, box, species)
         nbrs = neighbor_fn.allocate(R)
         nbrs = jax.jit(neighbor_fn.update)(R + 0.01, nbrs)
-    assert nbrs.capacity.method == "cell_list" and not bool(nbrs.did_buffer_overflow)
+    assert nbrs.method == "cell_list" and not bool(nbrs.did_buffer_overflow)
 
 
 @pytest.mark.parametrize("method_cell", [("images", 1), ("cell_list", 4)])
@@ -125,7 +125,7 @@ def test_too_small_capacity_is_flagged(small_model, method_cell):
     R, box, species = atoms_to_jax_md(atoms)
     neighbor_fn, _ = mattersim_neighbor_list(small_model, box, species)
     ok = neighbor_fn.allocate(R)
-    assert ok.capacity.method == method and not bool(ok.did_buffer_overflow)
+    assert ok.method == method and not bool(ok.did_buffer_overflow)
     small = neighbor_fn.allocate(R, capacity_multiplier=0.5)
     assert bool(small.did_buffer_overflow)
     # compressing the crystal brings more neighbours: the update flags it, and stays flagged

@@ -20,9 +20,10 @@ from ase.units import GPa  # noqa: E402
 
 import jmattersim  # noqa: E402
 from jmattersim._src import dataset, train_step  # noqa: E402
+from jmattersim._src.capacity import Capacity  # noqa: E402
 from jmattersim._src.loss import LossSettings, pad_labels  # noqa: E402
 from jmattersim._src.normalize import refit_normalizer  # noqa: E402
-from jmattersim._src.padding import pad, tight_budget, total_counts  # noqa: E402
+from jmattersim._src.padding import pad, total_counts  # noqa: E402
 from jmattersim._src.torch_names import torch_key  # noqa: E402
 from jmattersim.testing import upstream_potential  # noqa: E402
 
@@ -74,7 +75,7 @@ def upstream_loss_and_grads(potential, batch, kind: str):
 def ours(model, frames, kind: str):
     settings = LossSettings(kind=kind, delta=0.01, forces=True, stress=True)
     labelled = dataset.read_frames(frames, model.config, forces=True, stress=True)
-    budget = tight_budget(total_counts([f.graph for f in labelled]))
+    budget = Capacity.above(total_counts([f.graph for f in labelled]))
     batch = pad([f.graph for f in labelled], budget, model.config)
     labels = pad_labels(labelled, budget.nodes, budget.graphs, np.float32)
     trainable, frozen = train_step.split_params(model.params, False, False)

@@ -282,21 +282,21 @@ def test_arrays_capacity_overflow():
         CapacityOverflowError,
         match=r"^structure 0 \(Si8\): neighbour capacity "
         r"overflow: atom 0 has 16 neighbours within the three-body cutoff "
-        r"\(4.0 Å\), max_neighbors is 8$",
+        r"\(4.0 Å\), capacity.neighbors is 8$",
     ) as info:
-        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, max_neighbors=8))
+        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, neighbors=8))
     assert info.value.atoms == (0,)
     with pytest.raises(
         CapacityOverflowError,
         match=r"^structure 1 \(Cu\): neighbour capacity "
         r"overflow: the batch has 266 edges up to and including this structure, "
-        r"max_edges is 250$",
+        r"capacity.edges is 250$",
     ):  # Si8 has 224 edges, Cu 42
-        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, max_edges=250))
+        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, edges=250))
     with pytest.raises(CapacityOverflowError, match="triplets"):
-        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, max_triplets=100))
+        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, triplets=100))
     with pytest.raises(CapacityOverflowError, match="pairs"):
-        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, max_pairs=100))
+        check_arrays(*args, CONFIG, capacity=dataclasses.replace(cap, pairs=100))
 
 
 def test_arrays_refuse_tracers():
@@ -375,12 +375,12 @@ def test_checked_energy_raises_on_bad_input(small_model, si_inputs, si_energy):
 
 def test_checked_energy_raises_on_overflow(small_model, si_inputs, si_capacity):
     """Where energy_fn returns NaN, the checked variant names the overflow."""
-    small = dataclasses.replace(si_capacity, max_edges=100)  # Si8 has 224 edges
+    small = dataclasses.replace(si_capacity, edges=100)  # Si8 has 224 edges
     energy = checked(checked_energy_fn(TINY, small))
     with pytest.raises(
         CapacityOverflowError,
         match="^neighbour capacity overflow: the "
-        r"structure does not fit TopologyCapacity\(max_edges=100",
+        r"structure does not fit Capacity\(edges=100",
     ):
         energy(small_model.params, *si_inputs)
 

@@ -2,7 +2,7 @@
 
 :func:`check_arrays` takes atom_types (ΣN, max_z+1), positions (ΣN, 3), lattice
 (G, 3, 3), sizes (G,); optionally against an in-jit
-:class:`jmattersim.batch.TopologyCapacity` (raises :class:`CapacityOverflowError`).
+:class:`jmattersim.Capacity` (raises :class:`CapacityOverflowError`).
 Messages name the structure, the atom(s) and the problem, as those of
 :mod:`jmattersim._src.checks`.
 """
@@ -74,7 +74,7 @@ def check_arrays(
             [`Model`][jmattersim.Model].
         labels: names of the G structures (default 'structure g (formula)', the
             formula from each row's likeliest element).
-        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity]; if
+        capacity: a [`Capacity`][jmattersim.Capacity]; if
             given, the whole batch must fit it.
         min_distance: Å, the closest two atoms may be.
 
@@ -169,34 +169,34 @@ def check_capacity(
     structures: Sequence[tuple[str, np.ndarray, np.ndarray]], config: M3GNetConfig, capacity: Any
 ) -> None:
     """Raises :class:`CapacityOverflowError` unless the batch of (label, positions,
-    lattice) fits ``capacity`` (a :class:`jmattersim.batch.TopologyCapacity`; counts over
+    lattice) fits ``capacity`` (a :class:`jmattersim.Capacity`; counts over
     the whole batch), counted on the host with the sets the in-jit topology builds."""
     total_atoms = sum(len(pos) for _, pos, _ in structures)
-    max_pairs = capacity.pairs(total_atoms)
+    max_pairs = capacity.pair_slots(total_atoms)
     edges = trips = pairs = 0
     for label, pos, cell in structures:
         s, _, _, d = neighbor_list(pos, cell, (True, True, True), config.cutoff)
         bonds3 = np.bincount(s[d <= config.threebody_cutoff], minlength=len(pos))
         worst = int(np.argmax(bonds3))
-        if bonds3[worst] > capacity.max_neighbors:
+        if bonds3[worst] > capacity.neighbors:
             raise CapacityOverflowError(
                 label,
                 f"neighbour capacity overflow: atom {worst} has {bonds3[worst]} "
                 f"neighbours within the three-body cutoff ({config.threebody_cutoff} Å), "
-                f"max_neighbors is {capacity.max_neighbors}",
+                f"capacity.neighbors is {capacity.neighbors}",
                 (worst,),
             )
         edges += len(s)
         trips += len(triplet_indices(s, d, config.threebody_cutoff))
         pairs += candidate_pairs(len(pos), cell, (True, True, True), config.cutoff)
         for what, total, cap in (
-            ("edges", edges, capacity.max_edges),
-            ("triplets", trips, capacity.max_triplets),
+            ("edges", edges, capacity.edges),
+            ("triplets", trips, capacity.triplets),
             ("pairs", pairs, max_pairs),
         ):
             if total > cap:
                 raise CapacityOverflowError(
                     label,
                     f"neighbour capacity overflow: the batch has {total} {what} up to "
-                    f"and including this structure, max_{what} is {cap}",
+                    f"and including this structure, capacity.{what} is {cap}",
                 )

@@ -30,12 +30,12 @@ from . import engine
 from .array_checks import check_arrays
 from .arrays import Array
 from .batch_energy import batch_predict
+from .capacity import Capacity, bucket
 from .checkpoint import Model
 from .checks import structure_label
 from .energy import energies, forces_and_stress
 from .graph import StructureGraph, graph_of
 from .neighbor_list import NeighborList, neighbors_stale
-from .neighbors import TopologyCapacity, bucket_up
 from .predictions import Predictions
 from .tensors import (
     atoms_arrays,
@@ -65,7 +65,7 @@ def forward_batch(
     soft_normalize: bool = True,
     positions_are_fractional: bool = False,
     neighbors: NeighborList | None = None,
-    capacity: TopologyCapacity | None = None,
+    capacity: Capacity | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Array]:
     """Energies (and forces, stresses) of a batch of crystals: a PyTorch-compatible
@@ -104,7 +104,7 @@ def forward_batch(
         positions_are_fractional: ``positions`` are fractional coordinates.
         neighbors: a [`NeighborList`][jmattersim.batch.NeighborList] built
             beforehand, for traced inputs.
-        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity]: the
+        capacity: a [`Capacity`][jmattersim.Capacity]: the
             topology is rebuilt inside, for traced inputs.
         mesh: spread the batches over the devices of this mesh
             ([`graph_mesh`][jmattersim.batch.graph_mesh]); concrete inputs only.
@@ -175,7 +175,7 @@ def forward_batch(
         )
         extra["neighbors_stale"] = stale
     elif capacity is not None:
-        n_node, n_graph = bucket_up(n_atoms + 1), n_graphs + 1
+        n_node, n_graph = bucket(n_atoms), n_graphs + 1
         graph = pad_graph(graphs_tuple(atom_types, positions, lattice, sizes, pbc), n_node, n_graph)
         out, _ = batch_predict(
             config, capacity, model.astype(dtype).params, graph, soft_normalize, derivatives

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import jraph
 
 from .arrays import Array
+from .capacity import Capacity
 from .config import M3GNetConfig
 from .energy import Params, Predictions, energies, forces_and_stress, with_overflow_nan
-from .neighbors import TopologyCapacity, topology
+from .neighbors import topology
 from .topology import Topology
 
 
@@ -23,7 +24,7 @@ def graph_mask(graph: jraph.GraphsTuple) -> Array:
 
 
 def graph_topology(
-    graph: jraph.GraphsTuple, config: M3GNetConfig, capacity: TopologyCapacity
+    graph: jraph.GraphsTuple, config: M3GNetConfig, capacity: Capacity
 ) -> tuple[Array, Topology]:
     """Safe lattices (a unit cube for padding graphs) and the in-jit topology of
     a padded jraph graph; ``graph.globals["pbc"]`` (G, 3) is optional."""
@@ -46,7 +47,7 @@ def graph_topology(
 
 def batch_predict(
     config: M3GNetConfig,
-    capacity: TopologyCapacity,
+    capacity: Capacity,
     params: Params,
     graph: jraph.GraphsTuple,
     soft_normalize: bool = True,
@@ -88,7 +89,7 @@ def batch_predict(
 
 def batch_energy_fn(
     config: M3GNetConfig,
-    capacity: TopologyCapacity,
+    capacity: Capacity,
     soft_normalize: bool = True,
     remat: bool = False,
 ) -> Callable[[Params, jraph.GraphsTuple], Array]:
@@ -99,7 +100,7 @@ def batch_energy_fn(
 
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
-        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity] for the
+        capacity: a [`Capacity`][jmattersim.Capacity] for the
             whole batch (``capacity_for(..., batch_size=G)``).
         soft_normalize: per-element scale and shift as ``atom_types @ scale``
             (True) or of each atom's most likely element (False).
@@ -123,7 +124,7 @@ def batch_energy_fn(
 
 def batch_properties_fn(
     config: M3GNetConfig,
-    capacity: TopologyCapacity,
+    capacity: Capacity,
     soft_normalize: bool = True,
     remat: bool = False,
 ) -> Callable[[Params, jraph.GraphsTuple], Predictions]:
@@ -134,7 +135,7 @@ def batch_properties_fn(
 
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
-        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity] for the
+        capacity: a [`Capacity`][jmattersim.Capacity] for the
             whole batch.
         soft_normalize: per-element scale and shift as ``atom_types @ scale``
             (True) or of each atom's most likely element (False).

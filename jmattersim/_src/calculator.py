@@ -47,7 +47,7 @@ class MatterSimCalculator(Calculator):
             ``ase.units.GPa``: eV/Å³).
         dtype (numpy dtype or None): float32 or float64 (default: float64 when
             ``jax_enable_x64`` is on, float32 otherwise).
-        ladder (sequence of BatchBudget or None): the budgets (default
+        ladder (sequence of Capacity or None): the budgets (default
             [`jmattersim.batch.LADDER`][jmattersim.batch.LADDER]).
         **kwargs (Any): passed to ASE's ``Calculator``.
     """

@@ -7,7 +7,7 @@ overflow (where ``energy_fn`` silently returns NaN) and on a finite result;
 :func:`checked` functionalises the checks of any function (also one transformed
 by ``jax.grad``) and raises the error after the jitted call::
 
-    energy = checked_energy_fn(config, max_edges=..., max_triplets=..., max_neighbors=...)
+    energy = checked_energy_fn(config, edges=..., triplets=..., neighbors=...)
     forces = checked(jax.grad(energy, argnums=2))   # jitted; raises on a failed check
     f = forces(params, atom_types, positions, lattice)
 """
@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from .capacity import Capacity
 from .checks import CapacityOverflowError, InvalidStructureError
 from .config import M3GNetConfig
 from .energy import unmasked_energy_fn, with_overflow_nan
-from .neighbors import TopologyCapacity
 
 
 def _in_jit_checks(atom_types: jnp.ndarray, positions: jnp.ndarray, lattice: jnp.ndarray) -> None:
@@ -76,9 +76,9 @@ def checked_energy_fn(
 
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig].
-        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity].
+        capacity: a [`Capacity`][jmattersim.Capacity].
         soft_normalize: as for ``energy_fn``.
-        **capacities: the fields of a ``TopologyCapacity`` instead of
+        **capacities: the fields of a ``Capacity`` instead of
             ``capacity``.
 
     Returns:
@@ -86,7 +86,7 @@ def checked_energy_fn(
         ``energy_fn``'s: atom_types (N, max_z + 1), positions (N, 3) Å,
         lattice (3, 3) Å rows.
     """
-    capacity = capacity or TopologyCapacity(**capacities)
+    capacity = capacity or Capacity(**capacities)
     energy_and_overflow = unmasked_energy_fn(config, capacity, soft_normalize)
 
     def energy(

@@ -62,7 +62,7 @@ class InvalidStructureError(ValueError):
 
 class CapacityOverflowError(InvalidStructureError):
     """The structures do not fit a static neighbour capacity (a
-    [`TopologyCapacity`][jmattersim.batch.TopologyCapacity]); an
+    [`Capacity`][jmattersim.Capacity]); an
     [`InvalidStructureError`][jmattersim.InvalidStructureError] with the same
     attributes. Make a larger capacity and go on."""
 

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import jraph
 
 from .arrays import Array
+from .capacity import Capacity
 from .config import M3GNetConfig
 from .model import M3GNet, ModelInputs
-from .neighbors import TopologyCapacity, topology
+from .neighbors import topology
 from .padding import Batch
 from .predictions import EV_PER_A3_TO_GPA as EV_PER_A3_TO_GPA  # elastic, md read it here
 from .predictions import Predictions
@@ -187,7 +188,7 @@ def with_overflow_nan(value: Array, overflow: Array) -> Array:
 
 def energy_fn(
     config: M3GNetConfig,
-    capacity: TopologyCapacity | None = None,
+    capacity: Capacity | None = None,
     *,
     soft_normalize: bool = True,
     remat: bool = False,
@@ -204,15 +205,15 @@ def energy_fn(
     Args:
         config: the model's [`M3GNetConfig`][jmattersim.M3GNetConfig]
             (``model.config``).
-        capacity: a [`TopologyCapacity`][jmattersim.batch.TopologyCapacity], e.g. from
+        capacity: a [`Capacity`][jmattersim.Capacity], e.g. from
             [`capacity_for`][jmattersim.capacity_for].
         soft_normalize: apply the per-element scale and shift as
             ``atom_types @ scale`` (True), or those of each atom's most likely
             element (False, no gradient through them).
         remat: recompute each interaction block in the backward pass
             (``jax.checkpoint``): the same numbers, less memory for gradients.
-        **capacities: the fields of a ``TopologyCapacity`` (``max_edges``,
-            ``max_triplets``, ``max_neighbors``, ``max_pairs``, ...) instead of
+        **capacities: the fields of a ``Capacity`` (``edges``,
+            ``triplets``, ``neighbors``, ``pairs``, ...) instead of
             ``capacity``.
 
     Returns:
@@ -223,7 +224,7 @@ def energy_fn(
         forces) and in lattice.
     """
     energy_and_overflow = unmasked_energy_fn(
-        config, capacity or TopologyCapacity(**capacities), soft_normalize, remat
+        config, capacity or Capacity(**capacities), soft_normalize, remat
     )
 
     def energy(params: Params, atom_types: Array, positions: Array, lattice: Array) -> Array:
@@ -233,7 +234,7 @@ def energy_fn(
 
 
 def unmasked_energy_fn(
-    config: M3GNetConfig, capacity: TopologyCapacity, soft_normalize: bool, remat: bool = False
+    config: M3GNetConfig, capacity: Capacity, soft_normalize: bool, remat: bool = False
 ) -> Callable[[Params, Array, Array, Array], tuple[Array, Array]]:
     """:func:`energy_fn`'s energy before the overflow mask, and the overflow flag:
     ``(params, atom_types, positions, lattice) -> (() eV, () bool)``."""

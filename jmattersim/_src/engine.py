@@ -2,7 +2,7 @@
 forces and stresses.
 
 Structures become host graphs (:mod:`jmattersim._src.graph`, exact, as upstream builds
-them), are packed into a few fixed budgets (:class:`~jmattersim.batch.BatchBudget`,
+them), are packed into a few fixed budgets (:class:`~jmattersim.Capacity`,
 first-fit decreasing, in the spirit of ``jraph.dynamically_batch``), padded, and
 run through one compiled function per budget and dtype (:func:`predict_batch`).
 The ASE calculator, :func:`jmattersim.evaluate`, ``jmattersim predict`` and
@@ -35,12 +35,13 @@ import numpy as np
 
 from . import sharding
 from .arrays import default_float
+from .capacity import Capacity, Counts
 from .checkpoint import Model
 from .committee import Committee
 from .config import M3GNetConfig
 from .energy import predict
 from .graph import StructureGraph
-from .padding import BatchBudget, Counts, counts_of, pad, tight_budget
+from .padding import counts_of, pad
 from .predictions import Predictions
 
 # Budgets, smallest first: each rung four times the one below, the top rung
@@ -48,10 +49,10 @@ from .predictions import Predictions
 # triplets). Edges dominate the cost; triplets (8 to 12 per edge on average in
 # MPtrj, Alexandria and MPF, up to 40) are budgeted at 16 per edge, atoms at one per
 # 8 edges (MPtrj averages 33 edges per atom).
-LADDER: tuple[BatchBudget, ...] = (
-    BatchBudget(nodes=64, edges=768, triplets=12288, graphs=32),
-    BatchBudget(nodes=384, edges=3072, triplets=49152, graphs=128),
-    BatchBudget(nodes=1536, edges=12288, triplets=196608, graphs=512),
+LADDER: tuple[Capacity, ...] = (
+    Capacity(nodes=64, edges=768, triplets=12288, graphs=32),
+    Capacity(nodes=384, edges=3072, triplets=49152, graphs=128),
+    Capacity(nodes=1536, edges=12288, triplets=196608, graphs=512),
 )
 """The engine's budgets, smallest first: 768, 3072 and 12288 edges (16 triplets per
 edge, one atom per 8 edges). The calculator, ``evaluate``, ``jmattersim predict``,
@@ -64,23 +65,23 @@ SHORT_RUN = 4  # groups: up to this many run in the smallest rungs that hold the
 # ------------------------------------------------------------------------------ budgets
 
 
-def smallest_rung(counts: Counts, ladder: Sequence[BatchBudget] = LADDER) -> BatchBudget:
+def smallest_rung(counts: Counts, ladder: Sequence[Capacity] = LADDER) -> Capacity:
     """The smallest rung of ``ladder`` that holds ``counts``, else an own budget."""
     for rung in ladder:
         if rung.holds(counts):
             return rung
-    return tight_budget(counts)
+    return Capacity.above(counts)
 
 
 def first_fit_decreasing(
-    items: Sequence[int], counts: Sequence[Counts], budget: BatchBudget
+    items: Sequence[int], counts: Sequence[Counts], budget: Capacity
 ) -> list[list[int]]:
     """Packs ``items`` (indices into ``counts``) into as few groups as fit ``budget``:
     largest first (by the budget share of their largest count), each into the
     first group it fits. Groups list their items in increasing order."""
-    limit = np.asarray(budget) - 1  # strictly below: one padding graph, node, edge
+    limit = np.asarray(budget.slots) - 1  # strictly below: one padding graph, node, edge
     sizes = np.asarray([counts[k] for k in items], dtype=np.int64).reshape(-1, 4)
-    order = np.argsort(-(sizes / np.asarray(budget)).max(axis=1), kind="stable")
+    order = np.argsort(-(sizes / np.asarray(budget.slots)).max(axis=1), kind="stable")
     loads = np.zeros((0, 4), np.int64)
     groups: list[list[int]] = []
     for row in order:
@@ -95,8 +96,8 @@ def first_fit_decreasing(
 
 
 def plan(
-    counts: Sequence[Counts], ladder: Sequence[BatchBudget] = LADDER
-) -> list[tuple[list[int], BatchBudget]]:
+    counts: Sequence[Counts], ladder: Sequence[Capacity] = LADDER
+) -> list[tuple[list[int], Capacity]]:
     """Groups of structure indices and the budget each runs in (see the module
     notes). Every structure is in exactly one group.
 
@@ -127,19 +128,19 @@ def plan(
         for k in range(len(counts))
         if not main.holds(counts[k])
     ]
-    return sorted(out)
+    return sorted(out, key=lambda item: item[0])
 
 
 def _total(group: Sequence[int], counts: Sequence[Counts]) -> Counts:
     return sum((counts[k] for k in group), Counts(0, 0, 0, 0))
 
 
-def _fill(group: Sequence[int], counts: Sequence[Counts], budget: BatchBudget) -> float:
+def _fill(group: Sequence[int], counts: Sequence[Counts], budget: Capacity) -> float:
     return _total(group, counts).edges / budget.edges
 
 
 def _cost(
-    groups: Sequence[Sequence[int]], counts: Sequence[Counts], ladder: Sequence[BatchBudget]
+    groups: Sequence[Sequence[int]], counts: Sequence[Counts], ladder: Sequence[Capacity]
 ) -> float:
     return sum(smallest_rung(_total(g, counts), ladder).cost() for g in groups)
 
@@ -187,9 +188,9 @@ def _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize)
     return predict(config, params, batch, soft_normalize, within_cutoffs, derivatives=derivatives)
 
 
-def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], BatchBudget]]:
+def _device_steps(groups, devices: int) -> list[tuple[list[list[int]], Capacity]]:
     """Groups of one budget, ``devices`` at a time (one per device)."""
-    by_budget: dict[BatchBudget, list[list[int]]] = {}
+    by_budget: dict[Capacity, list[list[int]]] = {}
     for group, budget in groups:
         by_budget.setdefault(budget, []).append(group)
     return [
@@ -267,7 +268,7 @@ def run(
     *,
     derivatives: bool = True,
     dtype=None,
-    ladder: Sequence[BatchBudget] | None = None,
+    ladder: Sequence[Capacity] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     soft_normalize: bool = True,
 ) -> list[Predictions]:

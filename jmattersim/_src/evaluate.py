@@ -8,10 +8,10 @@ import jax
 from ase import Atoms
 
 from . import engine
+from .capacity import Capacity
 from .checkpoint import Model
 from .committee import Committee
 from .graph import checked_graphs
-from .padding import BatchBudget
 from .predictions import Predictions
 
 
@@ -20,7 +20,7 @@ def evaluate(
     structures: Iterable[Atoms],
     dtype=None,
     mesh: jax.sharding.Mesh | None = None,
-    ladder: Sequence[BatchBudget] | None = None,
+    ladder: Sequence[Capacity] | None = None,
 ) -> list[Predictions]:
     """Energy, forces and stress (eV/Å³; ``stress_gpa`` in GPa) of every structure,
     in padded batches.

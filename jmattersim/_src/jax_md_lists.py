@@ -28,7 +28,6 @@ re-allocates (see :func:`jmattersim.md`).
 
 from __future__ import annotations
 
-import dataclasses as pydc
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,31 +39,11 @@ from jax_md import dataclasses, partition, space
 
 from . import geometry
 from .arrays import Array
+from .capacity import Capacity
 from .neighbors import build_triplets, find_edges
 from .topology import Topology
 
 SHELL_MARGIN = 0.5  # Å beyond threebody cutoff + skin, for sizing the per-atom slots
-
-
-@pydc.dataclass(frozen=True)
-class NeighborListCapacity:
-    """Static sizes of a MatterSim neighbour list, set by ``allocate``.
-
-    Attributes:
-        method: "images" or "cell_list".
-        max_edges: pairs within cutoff + skin ("images" method; the cell list
-            has jax-md's own capacity).
-        max_neighbors: bonds per atom within threebody_cutoff + skin (allocated
-            for the busiest atom's bonds within ``SHELL_MARGIN`` more).
-        max_triplets: ordered pairs of bonds of one atom.
-        images: largest |n_k| tried per lattice vector ("images" method).
-    """
-
-    method: str
-    max_edges: int
-    max_neighbors: int
-    max_triplets: int
-    images: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclasses.dataclass
@@ -82,14 +61,18 @@ class MatterSimNeighborList:
             is sticky: True once a capacity overflowed.
         reference_position: (N, 3) fractional positions it was built at.
         inner: jax-md's ``NeighborList`` ("cell_list" method) or None.
-        capacity: its [`NeighborListCapacity`][jmattersim.jax_md.NeighborListCapacity].
+        capacity: its [`Capacity`][jmattersim.Capacity]: edges within cutoff +
+            skin (the "images" method; the cell list has jax-md's own capacity),
+            triplets, neighbors (bonds per atom within threebody_cutoff + skin,
+            allocated for the busiest atom's bonds within ``SHELL_MARGIN`` more)
+            and images (largest |n_k| tried per lattice vector).
         update_fn: the function ``update`` calls.
     """
 
     topology: Topology
     reference_position: Array
     inner: Any
-    capacity: NeighborListCapacity = dataclasses.static_field()
+    capacity: Capacity = dataclasses.static_field()
     update_fn: Callable = dataclasses.static_field()
 
     def update(self, position: Array, **kwargs) -> MatterSimNeighborList:
@@ -103,6 +86,11 @@ class MatterSimNeighborList:
             The new list; check its ``did_buffer_overflow``.
         """
         return self.update_fn(position, self, **kwargs)
+
+    @property
+    def method(self) -> str:
+        """ "cell_list" (jax-md's cell list underneath) or "images"."""
+        return "images" if self.inner is None else "cell_list"
 
     @property
     def did_buffer_overflow(self) -> Array:
@@ -275,7 +263,7 @@ def neighbor_fns(
 
     def build(position, nbrs_inner, capacity, b):
         """Edges and triplets at ``position``, for a given capacity (jittable)."""
-        if capacity.method == "cell_list":
+        if nbrs_inner is not None:
             nbrs_inner = nbrs_inner.update(position, box=upper_triangular(b))
             s, r, shifts, mask, d2 = cell_list_edges(position, b, nbrs_inner.idx)
             widths = perpendicular_widths(b, jnp)
@@ -286,10 +274,10 @@ def neighbor_fns(
             )
         else:
             s, r, shifts, mask, d2, over = image_edges(
-                position, b, r2, pbc, capacity.images, capacity.max_edges
+                position, b, r2, pbc, capacity.images, capacity.edges
             )
         trip, tmask, tover = build_triplets(
-            s, d2, mask, n_atoms, r3, capacity.max_neighbors, capacity.max_triplets
+            s, d2, mask, n_atoms, r3, capacity.neighbors, capacity.triplets
         )
         return s, r, shifts, mask, trip, tmask, over | tover, nbrs_inner
 
@@ -339,12 +327,11 @@ def neighbor_fns(
         # triplet and edge totals, sums that fluctuate little, keep the multiplier.
         shell = np.asarray(mask & (d2 <= (r3 + SHELL_MARGIN) ** 2))
         busiest = np.bincount(np.asarray(s)[shell], minlength=n_atoms).max(initial=0)
-        capacity = NeighborListCapacity(
-            method=m,
-            max_edges=max_edges,
-            max_neighbors=math.ceil(busiest * capacity_multiplier) + 1,
-            max_triplets=math.ceil(int((per_atom * (per_atom - 1)).sum()) * capacity_multiplier)
-            + 1,
+        triplets = int((per_atom * (per_atom - 1)).sum())
+        capacity = Capacity(
+            edges=max_edges,
+            triplets=math.ceil(triplets * capacity_multiplier) + 1,
+            neighbors=math.ceil(busiest * capacity_multiplier) + 1,
             images=images,
         )
         nothing = Topology(None, None, None, None, None, None, jnp.asarray(False))

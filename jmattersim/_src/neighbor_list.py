@@ -11,10 +11,11 @@ import numpy as np
 from ase import Atoms
 
 from .arrays import Array, default_float
+from .capacity import Capacity, Counts
 from .checkpoint import Model
 from .config import M3GNetConfig
 from .graph import graph_of
-from .padding import BatchBudget, pad, tight_budget, total_counts
+from .padding import pad, total_counts
 from .tensors import atoms_arrays
 from .topology import Topology
 
@@ -43,14 +44,16 @@ class NeighborList(NamedTuple):
     skin: Array
 
     @property
-    def budget(self) -> BatchBudget:
-        """The [`BatchBudget`][jmattersim.batch.BatchBudget] (nodes, edges, triplets,
-        graphs) the list is padded to."""
-        return BatchBudget(
-            self.reference_positions.shape[0],
-            self.topology.n_edge,
-            self.topology.n_triplet,
-            self.reference_lattice.shape[0],
+    def budget(self) -> Capacity:
+        """The [`Capacity`][jmattersim.Capacity] (nodes, edges, triplets, graphs)
+        the list is padded to."""
+        return Capacity.padded(
+            Counts(
+                self.reference_positions.shape[0],
+                self.topology.n_edge,
+                self.topology.n_triplet,
+                self.reference_lattice.shape[0],
+            )
         )
 
 
@@ -63,7 +66,7 @@ def neighbor_list(
     sizes: Sequence[int] | None = None,
     pbc: Any = None,
     skin: float = 0.0,
-    budget: BatchBudget | None = None,
+    budget: Capacity | None = None,
 ) -> NeighborList:
     """Neighbours and triplets of a batch, built on the host (exact, as upstream's).
 
@@ -103,7 +106,7 @@ def neighbor_list(
         for g in range(len(sizes))
     ]
     total = total_counts(graphs)
-    budget = tight_budget(total) if budget is None else budget
+    budget = Capacity.above(total) if budget is None else budget
     dtype = default_float()
     batch = pad(graphs, budget, config, dtype)
     g = batch.graph

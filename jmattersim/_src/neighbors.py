@@ -20,7 +20,6 @@ rather than a wrong number, and the Python drivers re-allocate and retry.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -31,103 +30,11 @@ import numpy as np
 from ase import Atoms
 
 from .arrays import Array
+from .capacity import Capacity, bucket
 from .config import M3GNetConfig
 from .geometry import candidate_pairs, image_range
 from .graph import neighbors_in_threebody, structure_graph
-from .padding import bucket
 from .topology import Topology
-
-
-@dataclasses.dataclass(frozen=True)
-class TopologyCapacity:
-    """Static sizes of a topology built inside ``jit`` (counts over the whole batch).
-
-    Size one from the data with [`capacity_for`][jmattersim.capacity_for]. A
-    structure that does not fit makes the energy NaN.
-
-    Attributes:
-        max_edges: edges (neighbour pairs within the cutoff).
-        max_triplets: triplets (ordered pairs of bonds of one atom).
-        max_neighbors: bonds of one atom within the three-body cutoff.
-        images: largest |n_k| per lattice vector that the default ``max_pairs``
-            allows for.
-        max_atoms: atoms per structure that the default ``max_pairs`` allows for.
-        max_pairs: candidate pairs ``sum_g n_g^2 M_g``, M_g the lattice images
-            tried for structure g (default: from ``images`` and ``max_atoms``).
-    """
-
-    max_edges: int
-    max_triplets: int
-    max_neighbors: int
-    images: tuple[int, int, int] = (1, 1, 1)
-    max_atoms: int | None = None
-    max_pairs: int | None = None
-
-    def pairs(self, n_atoms: int) -> int:
-        """The candidate budget.
-
-        Args:
-            n_atoms: node slots of the batch (used when ``max_atoms`` is None).
-
-        Returns:
-            ``max_pairs``, or the default from ``images`` and the atom count.
-        """
-        if self.max_pairs is not None:
-            return self.max_pairs
-        m = int(np.prod([2 * k + 1 for k in self.images]))
-        return (self.max_atoms or n_atoms) ** 2 * m
-
-    def scaled(self, factor: float) -> TopologyCapacity:
-        """A larger capacity, for re-allocation after an overflow.
-
-        Args:
-            factor: growth of every count (images grow by one).
-
-        Returns:
-            The new capacity.
-        """
-        grow = lambda n: None if n is None else math.ceil(n * factor)  # noqa: E731
-        return dataclasses.replace(
-            self,
-            max_edges=grow(self.max_edges),
-            max_triplets=grow(self.max_triplets),
-            max_neighbors=grow(self.max_neighbors),
-            max_pairs=grow(self.max_pairs),
-            images=tuple(k + 1 for k in self.images),
-        )
-
-    def covers(self, other: TopologyCapacity) -> bool:
-        """Whether every count of ``other`` fits in this capacity.
-
-        Args:
-            other: another capacity.
-
-        Returns:
-            True if none of its counts exceeds this one's.
-        """
-        fields = ("max_edges", "max_triplets", "max_neighbors", "max_pairs")
-        return all(getattr(self, f) >= getattr(other, f) for f in fields)
-
-    def union(self, other: TopologyCapacity) -> TopologyCapacity:
-        """The smallest capacity covering both (the sticky growth of a stream).
-
-        Args:
-            other: another capacity.
-
-        Returns:
-            The elementwise maximum.
-        """
-        return TopologyCapacity(
-            max_edges=max(self.max_edges, other.max_edges),
-            max_triplets=max(self.max_triplets, other.max_triplets),
-            max_neighbors=max(self.max_neighbors, other.max_neighbors),
-            max_pairs=max(self.pairs(0), other.pairs(0)),
-        )
-
-
-def bucket_up(n: int) -> int:
-    """n rounded up to the ladder of :func:`jmattersim._src.padding.bucket`: few shapes."""
-    return bucket(n - 1)
 
 
 def capacity_for(
@@ -136,7 +43,7 @@ def capacity_for(
     headroom: float = 1.25,
     batch_size: int | None = None,
     bucketed: bool = False,
-) -> TopologyCapacity:
+) -> Capacity:
     """A capacity that holds each of ``structures``, measured on the host.
 
     Args:
@@ -148,19 +55,20 @@ def capacity_for(
         bucketed: round every count up to a ladder of sizes (fewer compilations).
 
     Returns:
-        A [`TopologyCapacity`][jmattersim.batch.TopologyCapacity].
+        A [`Capacity`][jmattersim.Capacity] for topologies built under ``jit``
+        (edges, triplets, neighbors and pairs set).
     """
     graphs = [structure_graph(a, config) for a in structures]
     per = batch_size or 1
     top = lambda values: sum(sorted(values, reverse=True)[:per])  # noqa: E731
     pairs = [candidate_pairs(g.n_node, g.cell, g.pbc, config.cutoff) for g in graphs]
     k3 = max(neighbors_in_threebody(g) for g in graphs)
-    round_ = bucket_up if bucketed else (lambda n: n)
-    return TopologyCapacity(
-        max_edges=round_(math.ceil(top(g.n_edge for g in graphs) * headroom) + 1),
-        max_triplets=round_(math.ceil(top(g.n_triplet for g in graphs) * headroom) + 1),
-        max_neighbors=round_(math.ceil(k3 * headroom) + 1),
-        max_pairs=round_(top(pairs)),
+    round_ = (lambda n: bucket(n - 1)) if bucketed else (lambda n: n)  # noqa: E731
+    return Capacity(
+        edges=round_(math.ceil(top(g.n_edge for g in graphs) * headroom) + 1),
+        triplets=round_(math.ceil(top(g.n_triplet for g in graphs) * headroom) + 1),
+        neighbors=round_(math.ceil(k3 * headroom) + 1),
+        pairs=round_(top(pairs)),
     )
 
 
@@ -169,7 +77,7 @@ def topology(
     lattice: Array,
     n_node: Array,
     config: M3GNetConfig,
-    capacity: TopologyCapacity,
+    capacity: Capacity,
     node_mask: Array | None = None,
     pbc: Array | None = None,
 ) -> Topology:
@@ -189,8 +97,8 @@ def topology(
         node_mask,
         pbc,
         config.cutoff,
-        capacity.max_edges,
-        max_pairs=capacity.pairs(n_atoms),
+        capacity.edges,
+        max_pairs=capacity.pair_slots(n_atoms),
     )
     triplets, triplet_mask, trip_overflow = build_triplets(
         senders,
@@ -198,8 +106,8 @@ def topology(
         edge_mask,
         n_atoms,
         config.threebody_cutoff,
-        capacity.max_neighbors,
-        capacity.max_triplets,
+        capacity.neighbors,
+        capacity.triplets,
     )
     return Topology(
         senders, receivers, shifts, edge_mask, triplets, triplet_mask, overflow | trip_overflow

@@ -1,4 +1,4 @@
-"""Padded jraph batches of host graphs, and their static sizes (budgets).
+"""Padded jraph batches of host graphs, and what the graphs hold (their counts).
 
 Batches follow jraph's padding convention (:func:`jraph.pad_with_graphs`): the
 first graph after the real ones holds every padding node and edge (any further
@@ -9,68 +9,16 @@ the first padding edge and a False mask.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import jraph
 import numpy as np
 
+from .capacity import Capacity, Counts
 from .config import M3GNetConfig
 from .graph import StructureGraph
 from .topology import Topology
-
-
-class Counts(NamedTuple):
-    """What a graph or a group of graphs holds."""
-
-    nodes: int
-    edges: int
-    triplets: int
-    graphs: int = 1
-
-    def __add__(self, other: Counts) -> Counts:  # type: ignore[override]
-        return Counts(*(a + b for a, b in zip(self, other, strict=True)))
-
-
-class BatchBudget(NamedTuple):
-    """The static sizes of one padded batch.
-
-    A batch fits when every count is strictly below its budget (jraph's padding
-    needs one padding graph, node and edge at least). One compiled function per
-    budget and dtype.
-
-    Attributes:
-        nodes: atom slots.
-        edges: edge (neighbour pair) slots.
-        triplets: triplet slots.
-        graphs: structure slots.
-    """
-
-    nodes: int
-    edges: int
-    triplets: int
-    graphs: int
-
-    def holds(self, counts: Counts) -> bool:
-        """Whether a batch of these counts fits.
-
-        Args:
-            counts: (nodes, edges, triplets, graphs) of the batch.
-
-        Returns:
-            True if every count is strictly below its budget.
-        """
-        return all(c < b for c, b in zip(counts, self, strict=True))
-
-    def cost(self) -> float:
-        """Relative cost of a call (measured on CPU).
-
-        Returns:
-            Edge slots plus a hundredth of the triplet slots and a tenth of the
-            node slots.
-        """
-        return self.edges + self.triplets / 100 + self.nodes / 10
 
 
 def counts_of(g: StructureGraph) -> Counts:
@@ -79,20 +27,6 @@ def counts_of(g: StructureGraph) -> Counts:
 
 def total_counts(graphs: Sequence[StructureGraph]) -> Counts:
     return sum((counts_of(g) for g in graphs), Counts(0, 0, 0, 0))
-
-
-def tight_budget(counts: Counts) -> BatchBudget:
-    """The smallest budget of :func:`bucket` sizes that holds ``counts``."""
-    return BatchBudget(*(bucket(c) for c in counts))
-
-
-def bucket(n: int, minimum: int = 8) -> int:
-    """Smallest size in the ladder ``minimum * 2^(k/2)`` (multiples of 8) above n."""
-    size, k = minimum, 0
-    while size <= n:
-        k += 1
-        size = int(math.ceil(minimum * 2 ** (k / 2) / 8) * 8)
-    return size
 
 
 class Batch(NamedTuple):
@@ -109,9 +43,10 @@ class Batch(NamedTuple):
 
 
 def pad(
-    graphs: Sequence[StructureGraph], budget: BatchBudget, config: M3GNetConfig, dtype=np.float32
+    graphs: Sequence[StructureGraph], budget: Capacity, config: M3GNetConfig, dtype=np.float32
 ) -> Batch:
-    """Concatenates ``graphs`` and pads them to ``budget`` (which must hold them)."""
+    """Concatenates ``graphs`` and pads them to ``budget`` (a padded-batch
+    :class:`~jmattersim.Capacity`, which must hold them)."""
     total = total_counts(graphs)
     if not budget.holds(total):
         raise ValueError(
@@ -119,7 +54,7 @@ def pad(
             "budget: padding needs one graph, node and edge)"
         )
     nodes, edges, trips = total.nodes, total.edges, total.triplets
-    n_node, n_edge, n_triplet, n_graph = budget
+    n_node, n_edge, n_triplet, n_graph = budget.slots
     atom_types = np.zeros((n_node, config.num_species), dtype)
     positions = np.zeros((n_node, 3), dtype)
     lattice = np.tile(np.eye(3, dtype=dtype), (n_graph, 1, 1))  # padding: a unit cube

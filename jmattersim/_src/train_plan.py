@@ -7,10 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .capacity import Capacity, Counts
 from .dataset import LabelledFrame
-from .padding import BatchBudget, counts_of
+from .padding import counts_of
 
 PLANNED_EPOCHS = 64  # epochs whose batches size the budgets (later ones grow them if need be)
+SNUG_STEPS = 16  # rungs per doubling: a run has few budgets, snugger than the engine's
 SHORT_RUN_STEPS = 32  # a run planning fewer steps pads every batch to one budget
 
 
@@ -25,16 +27,12 @@ def batches_of(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def snug_budget(counts: Sequence[int]) -> BatchBudget:
-    """The budget just above ``counts`` (nodes, edges, triplets, graphs), each
-    rounded up to a 32nd of its power of two: a run has only a few budgets, so
-    they can be snugger than the engine's ``bucket`` ladder."""
-
-    def up(n: int) -> int:
-        step = max(8, 2 ** max(0, int(n).bit_length() - 5))
-        return (int(n) // step + 1) * step
-
-    return BatchBudget(*(up(c) for c in counts))
+def snug(counts: Counts) -> Capacity:
+    """The padded-batch capacity just above ``counts``, on :func:`bucket
+    <jmattersim._src.capacity.bucket>`'s ladder with :data:`SNUG_STEPS` rungs per
+    doubling: a run has only a few budgets, so they can be snugger than the
+    engine's."""
+    return Capacity.above(counts, SNUG_STEPS)
 
 
 def training_budgets(
@@ -44,8 +42,8 @@ def training_budgets(
     seeds: Sequence[int],
     epochs: int,
     levels: int = 3,
-) -> tuple[BatchBudget, ...]:
-    """A few budgets (:func:`snug_budget`), smallest first, that hold every
+) -> tuple[Capacity, ...]:
+    """A few budgets (:func:`snug`), smallest first, that hold every
     training batch of the first ``epochs`` epochs of every member and every
     validation batch: the largest holds them all, the smaller
     ones the batches up to the median and the 85th percentile of edges. Each batch
@@ -63,10 +61,10 @@ def training_budgets(
                 rows.append(train_counts[index].sum(axis=0))
     rows = np.array(rows).reshape(-1, 4)
     cuts = np.quantile(rows[:, 1], [0.5, 0.85, 1.0][-levels:]) if levels > 1 else [np.inf]
-    budgets: list[BatchBudget] = []
+    budgets: list[Capacity] = []
     for cut in cuts:
         group = rows[rows[:, 1] <= cut] if np.isfinite(cut) else rows
-        budget = snug_budget(group.max(axis=0))
+        budget = snug(Counts(*group.max(axis=0)))
         if budget not in budgets:
             budgets.append(budget)
     return tuple(budgets)

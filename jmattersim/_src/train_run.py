@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .capacity import Capacity, Counts
 from .checkpoint import Model
 from .dataset import LabelledFrame
 from .loss import Metrics, pad_labels
-from .padding import BatchBudget, Counts, counts_of, pad
+from .padding import counts_of, pad
 from .train_metrics import METRICS
-from .train_plan import batches_of, epoch_order, snug_budget
+from .train_plan import batches_of, epoch_order, snug
 from .train_settings import TrainSettings
 from .train_step import (
     compiled_eval,
@@ -28,7 +29,7 @@ from .train_step import (
 )
 
 
-def _padded(frames: Sequence[LabelledFrame], budget: BatchBudget, config, dtype):
+def _padded(frames: Sequence[LabelledFrame], budget: Capacity, config, dtype):
     """(batch, labels): ``frames`` and their labels padded to ``budget``."""
     batch = pad([f.graph for f in frames], budget, config, dtype)
     labels = pad_labels(list(frames), budget.nodes, budget.graphs, dtype)
@@ -93,15 +94,15 @@ class Run:
         orders = [epoch_order(len(self.train), seed, epoch) for seed in self.seeds]
         return [batches_of(o, self.settings.batch_size) for o in orders]
 
-    def _fit(self, *groups: Sequence[LabelledFrame]) -> BatchBudget:
+    def _fit(self, *groups: Sequence[LabelledFrame]) -> Capacity:
         """The smallest budget holding each group (a batch per committee member);
         beyond the planned epochs the largest grows (one more compilation)."""
         totals = [sum((counts_of(f.graph) for f in g), Counts(0, 0, 0, 0)) for g in groups]
         for budget in self.budgets:
             if all(budget.holds(t) for t in totals):
                 return budget
-        grown = [snug_budget(t) for t in totals] + [self.budgets[-1]]
-        self.budgets[-1] = BatchBudget(*np.max(np.array(grown), axis=0).tolist())
+        grown = snug(Counts(*np.max(np.array(totals), axis=0)))
+        self.budgets[-1] = Capacity.padded(np.maximum(grown.slots, self.budgets[-1].slots))
         return self.budgets[-1]
 
     def train_epoch(self, epoch: int, bar=None) -> list[dict]:

@@ -18,11 +18,12 @@ import numpy as np
 from ase import Atoms
 
 from ..arrays import default_float
+from ..capacity import Capacity
 from ..checkpoint import Model
 from ..checks import structure_label
 from ..config import M3GNetConfig
 from ..graph import checked_graph
-from ..padding import counts_of, pad, tight_budget
+from ..padding import counts_of, pad
 from ..runtime import release_memory
 
 # Unit displacements per compiled call by default: large enough to keep the machine
@@ -141,7 +142,7 @@ def chunked(
     config = model.config
     graph = checked_graph(atoms, config)
     batch = jax.tree_util.tree_map(
-        jnp.asarray, pad([graph], tight_budget(counts_of(graph)), config, dtype)
+        jnp.asarray, pad([graph], Capacity.above(counts_of(graph)), config, dtype)
     )
     args = (model.astype(dtype).params, batch, jnp.asarray(graph.positions, dtype))
     args += tuple(jnp.asarray(a) for a in fixed)
