@@ -54,6 +54,7 @@ def energies(
     remat: bool = False,
     within_cutoffs: bool = False,
     smooth_angles: bool = False,
+    compact: Capacity | None = None,
 ) -> Array:
     """Total energy (G,) in eV of each graph of a batch with a given topology.
 
@@ -68,6 +69,10 @@ def energies(
     smooth_angles: differentiate through upstream's clamp of the angle cosine as if
     it were the identity (the same values; see :class:`M3GNet`): for second and
     higher derivatives, which the clamp's plateau at straight triplets would spoil.
+    compact: with ``within_cutoffs``, gather the edges and triplets within the
+    cutoffs into this capacity's ``edges`` and ``triplets`` slots, so the model runs
+    on them alone (a list with a skin holds more); the energies are NaN if they do
+    not fit.
     """
     node_graph = node_graph_index(n_node, positions.shape[0])
     if strain is not None:
@@ -78,11 +83,14 @@ def energies(
     edge_vectors = positions[topo.senders] - (positions[topo.receivers] + offsets)
     if within_cutoffs:
         topo = restrict_to_cutoffs(topo, edge_vectors, config)
+        if compact is not None:
+            topo, edge_vectors = compacted(topo, edge_vectors, compact)
     inputs = ModelInputs(atom_types, edge_vectors, topo)
     atom_energies = M3GNet(
         config, soft_normalize=soft_normalize, remat=remat, smooth_angles=smooth_angles
     ).apply(params, inputs)
-    return jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
+    e = jax.ops.segment_sum(atom_energies, node_graph, num_segments=n_node.shape[0])
+    return e if compact is None else with_overflow_nan(e, topo.overflow)
 
 
 def restrict_to_cutoffs(topo: Topology, edge_vectors: Array, config: M3GNetConfig) -> Topology:
@@ -93,6 +101,28 @@ def restrict_to_cutoffs(topo: Topology, edge_vectors: Array, config: M3GNetConfi
     in3 = edge_mask & (d2 <= config.threebody_cutoff**2)
     triplet_mask = topo.triplet_mask & in3[topo.triplets[:, 0]] & in3[topo.triplets[:, 1]]
     return topo._replace(edge_mask=edge_mask, triplet_mask=triplet_mask)
+
+
+def compacted(topo: Topology, edge_vectors: Array, capacity: Capacity) -> tuple[Topology, Array]:
+    """The real edges and triplets of ``topo`` gathered into ``capacity.edges`` and
+    ``capacity.triplets`` slots (in their order; padding slots repeat the first and
+    are masked), with their edge vectors; ``overflow`` set if they do not fit."""
+    n_edge = jnp.sum(topo.edge_mask)
+    (edges,) = jnp.nonzero(topo.edge_mask, size=capacity.edges, fill_value=0)
+    slot = jnp.maximum(jnp.cumsum(topo.edge_mask) - 1, 0)  # the compact index of each edge
+    n_trip = jnp.sum(topo.triplet_mask)
+    (trips,) = jnp.nonzero(topo.triplet_mask, size=capacity.triplets, fill_value=0)
+    overflow = topo.overflow | (n_edge > capacity.edges) | (n_trip > capacity.triplets)
+    packed = Topology(
+        topo.senders[edges],
+        topo.receivers[edges],
+        topo.shifts[edges],
+        jnp.arange(capacity.edges) < n_edge,
+        slot[topo.triplets[trips]],
+        jnp.arange(capacity.triplets) < n_trip,
+        overflow,
+    )
+    return packed, edge_vectors[edges]
 
 
 def forces_and_stress(

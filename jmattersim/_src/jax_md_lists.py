@@ -67,6 +67,12 @@ class MatterSimNeighborList:
             allocated for the busiest atom's bonds within ``SHELL_MARGIN`` more)
             and images (largest |n_k| tried per lattice vector).
         update_fn: the function ``update`` calls.
+        reference_box: (3, 3) Å, the box it was built in (None: rebuild at the
+            next update).
+        model_capacity: the [`Capacity`][jmattersim.Capacity] (edges, triplets)
+            of the edges and triplets within the cutoffs themselves, which the
+            energy gathers from the list before the model runs (None: the model
+            runs on every listed pair, those beyond the cutoffs masked).
     """
 
     topology: Topology
@@ -74,9 +80,13 @@ class MatterSimNeighborList:
     inner: Any
     capacity: Capacity = dataclasses.static_field()
     update_fn: Callable = dataclasses.static_field()
+    reference_box: Array | None = None
+    model_capacity: Capacity | None = dataclasses.static_field(default=None)
 
     def update(self, position: Array, **kwargs) -> MatterSimNeighborList:
-        """The list rebuilt at ``position`` within its capacity (jittable).
+        """The list at ``position`` (jittable): rebuilt within its capacity once an
+        atom has moved half the skin or the box has changed, else kept; the
+        counts within the cutoffs checked against ``model_capacity`` either way.
 
         Args:
             position: (N, 3) fractional positions.
@@ -209,6 +219,39 @@ def cell_list_edges(
     return senders, receivers, shifts, mask, d2
 
 
+def max_displacement(position: Array, reference: Array, box: Array, pbc: Sequence[bool]) -> Array:
+    """() Å, the largest distance an atom has moved from ``reference`` (both (N, 3)
+    fractional, the nearest image along periodic axes) in ``box``."""
+    d = position - reference
+    d = jnp.where(jnp.asarray(pbc), d - jnp.round(d), d)
+    return jnp.sqrt(jnp.max(jnp.sum((d @ box.T) ** 2, axis=-1), initial=0.0))
+
+
+def within_counts(
+    topology: Topology, position: Array, box: Array, cutoffs: tuple[float, float]
+) -> tuple[Array, Array]:
+    """The edges of a list's ``topology`` within the cutoff at ``position`` (N, 3)
+    fractional in ``box``, and the triplets of its bonds within the three-body
+    cutoff (ordered pairs of one atom's bonds): () int each."""
+    s, r = topology.senders, topology.receivers
+    vec = (position[s] - position[r] - topology.shifts) @ box.T
+    d2 = jnp.where(topology.edge_mask, jnp.sum(vec * vec, axis=-1), jnp.inf)
+    bonds = jax.ops.segment_sum((d2 <= cutoffs[1] ** 2).astype(jnp.int32), s, position.shape[0])
+    return jnp.sum(d2 < cutoffs[0] ** 2), jnp.sum(bonds * (bonds - 1))
+
+
+def model_slots(count: int, multiplier: float) -> int:
+    """Slots for ``count`` edges (or triplets) within the cutoffs: a fifth of the
+    list's headroom (``multiplier - 1``) plus a margin of ``8 sqrt(count)`` times it
+    for small cells, whose counts jump most as atoms move."""
+    extra = (multiplier - 1) * (0.2 + 8 / math.sqrt(max(count, 1)))
+    return math.ceil(count * (1 + extra)) + 1
+
+
+def _exceeds(counts: tuple[Array, Array], capacity: Capacity) -> Array:
+    return (counts[0] > capacity.edges) | (counts[1] > capacity.triplets)
+
+
 def _as_int32(idx: Array) -> Array:
     """jax-md's candidate indices in int32: under x64 its cell list yields int64, which
     it then scatters into an int32 list (a FutureWarning now, an error in later JAX)."""
@@ -264,7 +307,10 @@ def neighbor_fns(
     def build(position, nbrs_inner, capacity, b):
         """Edges and triplets at ``position``, for a given capacity (jittable)."""
         if nbrs_inner is not None:
-            nbrs_inner = nbrs_inner.update(position, box=upper_triangular(b))
+            # rebuild jax-md's list now: its own skin check, against its own reference,
+            # could round the other way and keep a list this one no longer covers
+            far = nbrs_inner.set(reference_position=position + 0.5)
+            nbrs_inner = far.update(position, box=upper_triangular(b))
             s, r, shifts, mask, d2 = cell_list_edges(position, b, nbrs_inner.idx)
             widths = perpendicular_widths(b, jnp)
             over = (
@@ -281,13 +327,40 @@ def neighbor_fns(
         )
         return s, r, shifts, mask, trip, tmask, over | tover, nbrs_inner
 
+    def rebuilt(position, nbrs, b):
+        s, r, shifts, mask, trip, tmask, over, inner = build(position, nbrs.inner, nbrs.capacity, b)
+        topology = Topology(s, r, shifts, mask, trip, tmask, nbrs.did_buffer_overflow | over)
+        return topology, position, b, inner
+
+    def kept(position, nbrs):
+        """The list as it is, its image shifts and reference moved with the atoms
+        that wrapped through the cell since (jax-md's shift wraps positions)."""
+        d = position - nbrs.reference_position
+        wrap = jnp.where(jnp.asarray(pbc), jnp.round(d), 0.0).astype(position.dtype)
+        topo = nbrs.topology
+        shifts = topo.shifts + wrap[topo.senders] - wrap[topo.receivers]
+        reference = nbrs.reference_position + wrap
+        return topo._replace(shifts=shifts), reference, nbrs.reference_box, nbrs.inner
+
     def update(
         position: Array, nbrs: MatterSimNeighborList, box: Array | None = None, **unused
     ) -> MatterSimNeighborList:
         b = box0 if box is None else jnp.asarray(box, dtype)
-        s, r, shifts, mask, trip, tmask, over, inner = build(position, nbrs.inner, nbrs.capacity, b)
-        topology = Topology(s, r, shifts, mask, trip, tmask, nbrs.did_buffer_overflow | over)
-        return MatterSimNeighborList(topology, position, inner, nbrs.capacity, update)
+        if nbrs.reference_box is None:
+            topology, reference, reference_box, inner = rebuilt(position, nbrs, b)
+        else:
+            stale = jnp.any(b != nbrs.reference_box) | (
+                max_displacement(position, nbrs.reference_position, b, pbc) > dr_threshold / 2
+            )
+            topology, reference, reference_box, inner = jax.lax.cond(
+                stale, lambda: rebuilt(position, nbrs, b), lambda: kept(position, nbrs)
+            )
+        if nbrs.model_capacity is not None:
+            over = _exceeds(within_counts(topology, position, b, cutoffs), nbrs.model_capacity)
+            topology = topology._replace(overflow=topology.overflow | over)
+        return MatterSimNeighborList(
+            topology, reference, inner, nbrs.capacity, update, reference_box, nbrs.model_capacity
+        )
 
     update_jit = jax.jit(update)
 
@@ -334,8 +407,16 @@ def neighbor_fns(
             neighbors=math.ceil(busiest * capacity_multiplier) + 1,
             images=images,
         )
+        listed = Topology(s, r, shifts, mask, None, None, None)
+        n_edge, n_trip = (int(c) for c in within_counts(listed, position, b, cutoffs))
+        model_capacity = Capacity(
+            edges=model_slots(n_edge, capacity_multiplier),
+            triplets=model_slots(n_trip, capacity_multiplier),
+        )
         nothing = Topology(None, None, None, None, None, None, jnp.asarray(False))
-        empty = MatterSimNeighborList(nothing, position, inner, capacity, update)
+        empty = MatterSimNeighborList(
+            nothing, position, inner, capacity, update, None, model_capacity
+        )
         return update_jit(position, empty, box=b)
 
     return NeighborFns(allocate, update)

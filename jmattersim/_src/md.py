@@ -1,6 +1,6 @@
-"""Molecular dynamics with jax-md: steps in ``lax.scan`` chunks, a neighbour update
-every step, re-allocation and a redo of the chunk on overflow, trajectory output
-and a progress bar at chunk edges.
+"""Molecular dynamics with jax-md: steps in ``lax.scan`` chunks, the neighbour list
+checked every step (rebuilt once an atom has moved half the skin), re-allocation and
+a redo of the chunk on overflow, trajectory output and a progress bar at chunk edges.
 
 Units: eV, Å, amu; jax-md's time unit is Å sqrt(amu/eV) (``ase.units.fs`` of it
 is one fs), so momenta are ASE's. Temperatures are kelvin at this interface, k_B T
@@ -96,13 +96,15 @@ def md(
     seed: int = 0,
     dr_threshold: float = 0.25,
     capacity_multiplier: float = 1.25,
+    remat: bool = False,
     dtype=None,
 ) -> tuple[Atoms, dict[str, np.ndarray]]:
     """Runs molecular dynamics with jax-md from a periodic ASE structure.
 
     Steps run ``chunk`` at a time in one compiled ``lax.scan`` (``steps`` is
-    rounded up to whole chunks); the neighbour list is updated every step, and a
-    chunk whose list overflowed is redone after a re-allocation (1.5x more
+    rounded up to whole chunks); the neighbour list is checked every step and
+    rebuilt once an atom has moved ``dr_threshold / 2``, and a chunk whose list
+    overflowed is redone after a re-allocation (1.5x more
     headroom each time). Also available as ``jmattersim.md``.
 
     Args:
@@ -125,6 +127,8 @@ def md(
         seed: random seed of the initial momenta (and the Langevin noise).
         dr_threshold: neighbour-list skin, Å.
         capacity_multiplier: neighbour-list headroom.
+        remat: recompute each interaction block in the backward pass: less
+            memory for very large cells, about 1.5x the time of a step.
         dtype (numpy dtype or None): float64 under x64, float32 otherwise.
 
     Returns:
@@ -148,6 +152,7 @@ def md(
         species,
         dr_threshold=dr_threshold,
         capacity_multiplier=capacity_multiplier,
+        remat=remat,
         dtype=dtype,
     )
     _, shift_fn = space.periodic_general(box, fractional_coordinates=True)
@@ -174,7 +179,7 @@ def md(
 
     def invariant(state, nbrs):
         b = box_of(state)
-        props = neighbor_properties(typed, atom_types, state.position, b, nbrs)
+        props = neighbor_properties(typed, atom_types, state.position, b, nbrs, remat=remat)
         pe = props.energy[0]
         ke = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
         if ensemble == "nvt_nose_hoover":
