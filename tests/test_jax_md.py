@@ -357,3 +357,31 @@ def test_perturbation_gives_calculator_stress(model):
     ref.calc = jmattersim.MatterSimCalculator(model)
     # jax-md's stress is -dE/d eps / V; ASE's is +dE/d eps / V
     np.testing.assert_allclose(-np.asarray(stress), ref.get_stress(voigt=False), atol=2e-5)
+
+
+def test_a_kept_list_follows_atoms_that_wrap_through_the_cell(small_model):
+    """An update that keeps the list (no atom has moved half the skin) moves the image
+    shifts of atoms that jax-md's shift wrapped through the cell: energy and forces
+    equal those of a list allocated afresh at the new positions."""
+    atoms = bulk("Si", "diamond", 5.43, cubic=True)
+    atoms.rattle(0.05, seed=3)
+    atoms.wrap()
+    with jax.enable_x64(True):
+        R, box, species = atoms_to_jax_md(atoms)
+        neighbor_fn, energy_fn = mattersim_neighbor_list(
+            small_model, box, species, dr_threshold=0.5
+        )
+        nbrs = neighbor_fn.allocate(R)
+        corner = int(np.argmin(np.asarray(R).sum(axis=1)))  # the atom nearest the origin
+        step = -(np.asarray(R)[corner] + 0.005)  # 0.005 through the three faces (< 0.25 Å)
+        moved = R.at[corner].add(jnp.asarray(step)) % 1.0
+        assert np.all(np.asarray(moved)[corner] > 0.9)  # it wrapped
+        kept = jax.jit(neighbor_fn.update)(moved, nbrs)
+        assert not np.allclose(kept.reference_position, moved)  # kept, not rebuilt
+        fresh = neighbor_fn.allocate(moved)
+        value_and_grad = jax.jit(jax.value_and_grad(energy_fn))
+        e_kept, g_kept = value_and_grad(moved, neighbor=kept)
+        e_fresh, g_fresh = value_and_grad(moved, neighbor=fresh)
+    assert not bool(kept.did_buffer_overflow)
+    np.testing.assert_allclose(float(e_kept), float(e_fresh), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(g_kept), np.asarray(g_fresh), rtol=0, atol=1e-10)
