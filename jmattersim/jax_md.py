@@ -10,7 +10,7 @@ Importing this module imports jax-md (a few seconds); ``import jmattersim`` does
 
 from ._src.jax_md import atoms_to_jax_md, mattersim_neighbor_list, one_hot
 from ._src.jax_md_lists import MatterSimNeighborList, NeighborFns
-from ._src.md import ENSEMBLES
+from ._src.md_one import ENSEMBLES
 
 __all__ = [
     "ENSEMBLES",

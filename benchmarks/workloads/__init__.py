@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import first_pass, inverse_design, md, phonons, predict, relax, steady, train
+from . import first_pass, inverse_design, md, md_many, phonons, predict, relax, steady, train
 from report import Bench
 
 
@@ -32,6 +32,7 @@ WORKLOADS: dict[str, Workload] = {
     "first_pass": Workload(first_pass.measure),
     "relax": Workload(relax.measure),
     "md": Workload(md.measure),
+    "md_many": Workload(md_many.measure),
     "phonons": Workload(phonons.measure),
     "train": Workload(train.measure),
 }

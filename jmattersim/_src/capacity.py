@@ -155,3 +155,20 @@ def bucket(n: int, steps: int = 2) -> int:
         k += 1
         size = int(math.ceil(8 * 2 ** (k / steps) / 8) * 8)
     return size
+
+
+def model_capacity(edges: int, triplets: int, multiplier: float) -> Capacity:
+    """The capacity of the edges and triplets within the cutoffs that a list with a
+    skin holds (``edges`` and ``triplets`` of them now), which the model runs on.
+
+    Each count gets a fifth of the list's headroom (``multiplier - 1``) plus a margin
+    of ``8 / sqrt(count)`` times it, for small cells, whose counts jump most as atoms
+    move; triplets (pairs of bonds) twice that, as their count moves about twice as
+    much, relatively, as the bonds'.
+    """
+
+    def slots(count: int, order: int) -> int:
+        extra = order * (multiplier - 1) * (0.2 + 8 / math.sqrt(max(count, 1)))
+        return math.ceil(count * (1 + extra)) + 1
+
+    return Capacity(edges=slots(edges, 1), triplets=slots(triplets, 2))

@@ -23,7 +23,7 @@ from jax_md import space
 from .arrays import Array, default_float
 from .checkpoint import Model
 from .energy import Predictions, energies, forces_and_stress
-from .jax_md_lists import MatterSimNeighborList, NeighborFns, neighbor_fns
+from .jax_md_lists import MatterSimNeighborList, NeighborFns, neighbor_fns, unwrapped
 
 
 def _cartesian_energy(
@@ -87,7 +87,8 @@ def neighbor_energy(
     energy_of, lattice, _ = _cartesian_energy(
         model, atom_types, box, nbrs, n_real, soft_normalize, remat
     )
-    real = space.transform(box, position)  # Cartesian; d/dR is Cartesian (custom JVP)
+    # Cartesian; d/dR is Cartesian (custom JVP)
+    real = space.transform(box, unwrapped(position, nbrs.reference_position))
     strain = None
     if perturbation is not None:  # scalar (isotropic, as jax-md's NPT) or (3, 3)
         eye = jnp.eye(3, dtype=real.dtype)
@@ -116,7 +117,8 @@ def neighbor_properties(
     energy_of, lattice, real_graph = _cartesian_energy(
         model, atom_types, box, nbrs, None, soft_normalize, remat
     )
-    return forces_and_stress(energy_of, space.transform(box, position), lattice, real_graph)
+    real = space.transform(box, unwrapped(position, nbrs.reference_position))
+    return forces_and_stress(energy_of, real, lattice, real_graph)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from jax_md import dataclasses, partition, space
 from . import geometry
 from .arrays import Array
 from .capacity import Capacity
+from .capacity import model_capacity as within_capacity
 from .neighbors import build_triplets, find_edges
 from .topology import Topology
 
@@ -227,6 +228,14 @@ def max_displacement(position: Array, reference: Array, box: Array, pbc: Sequenc
     return jnp.sqrt(jnp.max(jnp.sum((d @ box.T) ** 2, axis=-1), initial=0.0))
 
 
+def unwrapped(position: Array, reference: Array) -> Array:
+    """(N, 3) fractional positions continued from ``reference`` (the list's): an atom
+    that jax-md's shift has wrapped through the cell since the list was built moves
+    back by whole cells, so the list's image shifts hold (atoms move less than half
+    a cell between rebuilds)."""
+    return position - jax.lax.stop_gradient(jnp.round(position - reference))
+
+
 def within_counts(
     topology: Topology, position: Array, box: Array, cutoffs: tuple[float, float]
 ) -> tuple[Array, Array]:
@@ -238,14 +247,6 @@ def within_counts(
     d2 = jnp.where(topology.edge_mask, jnp.sum(vec * vec, axis=-1), jnp.inf)
     bonds = jax.ops.segment_sum((d2 <= cutoffs[1] ** 2).astype(jnp.int32), s, position.shape[0])
     return jnp.sum(d2 < cutoffs[0] ** 2), jnp.sum(bonds * (bonds - 1))
-
-
-def model_slots(count: int, multiplier: float) -> int:
-    """Slots for ``count`` edges (or triplets) within the cutoffs: a fifth of the
-    list's headroom (``multiplier - 1``) plus a margin of ``8 sqrt(count)`` times it
-    for small cells, whose counts jump most as atoms move."""
-    extra = (multiplier - 1) * (0.2 + 8 / math.sqrt(max(count, 1)))
-    return math.ceil(count * (1 + extra)) + 1
 
 
 def _exceeds(counts: tuple[Array, Array], capacity: Capacity) -> Array:
@@ -333,14 +334,7 @@ def neighbor_fns(
         return topology, position, b, inner
 
     def kept(position, nbrs):
-        """The list as it is, its image shifts and reference moved with the atoms
-        that wrapped through the cell since (jax-md's shift wraps positions)."""
-        d = position - nbrs.reference_position
-        wrap = jnp.where(jnp.asarray(pbc), jnp.round(d), 0.0).astype(position.dtype)
-        topo = nbrs.topology
-        shifts = topo.shifts + wrap[topo.senders] - wrap[topo.receivers]
-        reference = nbrs.reference_position + wrap
-        return topo._replace(shifts=shifts), reference, nbrs.reference_box, nbrs.inner
+        return nbrs.topology, nbrs.reference_position, nbrs.reference_box, nbrs.inner
 
     def update(
         position: Array, nbrs: MatterSimNeighborList, box: Array | None = None, **unused
@@ -356,7 +350,8 @@ def neighbor_fns(
                 stale, lambda: rebuilt(position, nbrs, b), lambda: kept(position, nbrs)
             )
         if nbrs.model_capacity is not None:
-            over = _exceeds(within_counts(topology, position, b, cutoffs), nbrs.model_capacity)
+            counts = within_counts(topology, unwrapped(position, reference), b, cutoffs)
+            over = _exceeds(counts, nbrs.model_capacity)
             topology = topology._replace(overflow=topology.overflow | over)
         return MatterSimNeighborList(
             topology, reference, inner, nbrs.capacity, update, reference_box, nbrs.model_capacity
@@ -409,10 +404,7 @@ def neighbor_fns(
         )
         listed = Topology(s, r, shifts, mask, None, None, None)
         n_edge, n_trip = (int(c) for c in within_counts(listed, position, b, cutoffs))
-        model_capacity = Capacity(
-            edges=model_slots(n_edge, capacity_multiplier),
-            triplets=model_slots(n_trip, capacity_multiplier),
-        )
+        model_capacity = within_capacity(n_edge, n_trip, capacity_multiplier)
         nothing = Topology(None, None, None, None, None, None, jnp.asarray(False))
         empty = MatterSimNeighborList(
             nothing, position, inner, capacity, update, None, model_capacity

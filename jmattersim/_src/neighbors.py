@@ -43,6 +43,7 @@ def capacity_for(
     headroom: float = 1.25,
     batch_size: int | None = None,
     bucketed: bool = False,
+    skin: float = 0.0,
 ) -> Capacity:
     """A capacity that holds each of ``structures``, measured on the host.
 
@@ -53,15 +54,17 @@ def capacity_for(
         batch_size: hold any ``batch_size`` of the structures together (for the
             batch functions); default one at a time.
         bucketed: round every count up to a ladder of sizes (fewer compilations).
+        skin: Å added to both cutoffs (a list that stays valid until an atom
+            has moved ``skin / 2``).
 
     Returns:
         A [`Capacity`][jmattersim.Capacity] for topologies built under ``jit``
         (edges, triplets, neighbors and pairs set).
     """
-    graphs = [structure_graph(a, config) for a in structures]
+    graphs = [structure_graph(a, config, skin) for a in structures]
     per = batch_size or 1
     top = lambda values: sum(sorted(values, reverse=True)[:per])  # noqa: E731
-    pairs = [candidate_pairs(g.n_node, g.cell, g.pbc, config.cutoff) for g in graphs]
+    pairs = [candidate_pairs(g.n_node, g.cell, g.pbc, config.cutoff + skin) for g in graphs]
     k3 = max(neighbors_in_threebody(g) for g in graphs)
     round_ = (lambda n: bucket(n - 1)) if bucketed else (lambda n: n)  # noqa: E731
     return Capacity(
