@@ -12,7 +12,7 @@ upstream's ``Potential.save``; converted by ``jmattersim-convert``).
 The workloads (``--only``; their registry: ``workloads/__init__.py``, one module
 each under ``workloads/``): predict (whole process, cold and warm compile cache,
 peak memory), steady (E+F+S steady state, model FLOP rate), inverse_design (b1,
-b2), first_pass, relax, md, phonons, train. ``harness.py`` measures (models,
+b2), first_pass, relax, md, md_many, phonons, train. ``harness.py`` measures (models,
 frames, timing, fresh processes), ``report.py`` records and writes the rows.
 
 Timings of in-process rows are interleaved (jmattersim, upstream, ...) and the
