@@ -34,6 +34,7 @@ def si8():
     return bulk("Si", "diamond", 5.43, cubic=True)
 
 
+@pytest.mark.long  # a minute: CI checks the same integrator against ASE's velocity Verlet
 def test_nve_conserves_energy_1m(converted, tmp_path):
     """64 Si atoms, 300 K, 1 fs, float32, 1M architecture: total energy stays within
     1e-4 eV/atom; the trajectory holds a frame per chunk; the last frame's energy and
@@ -81,7 +82,7 @@ def test_overflow_detected_reallocated_and_redone(small_model):
         tight_final, tight = md(
             small_model,
             si8(),
-            200,
+            100,
             ensemble="nve",
             temperature=900.0,
             chunk=50,
@@ -91,7 +92,7 @@ def test_overflow_detected_reallocated_and_redone(small_model):
         ample_final, ample = md(
             small_model,
             si8(),
-            200,
+            100,
             ensemble="nve",
             temperature=900.0,
             chunk=50,
