@@ -4,6 +4,7 @@
 ``mattersim.applications.batch_relax.BatchRelaxer``. Prints a JSON line.
 
     python benchmarks/relax_batch.py jm|up FRAMES.extxyz MODEL [--fmax 0.002] [--steps 500]
+        [--driver auto|compiled|ase]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("model", help="jmattersim model directory, or upstream .pth (up)")
     parser.add_argument("--fmax", type=float, default=0.002)
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--driver", default="auto", help="jmattersim.relax's driver")
     args = parser.parse_args()
 
     import ase.io
@@ -44,7 +46,9 @@ def main() -> None:
 
         model = jmattersim.load_model(args.model)
         t = time.perf_counter()
-        out = jmattersim.relax(model, frames, fmax=args.fmax, max_steps=args.steps)
+        out = jmattersim.relax(
+            model, frames, fmax=args.fmax, max_steps=args.steps, driver=args.driver
+        )
         relaxed = time.perf_counter() - t
         converged = sum(a.info["relax_status"] == "converged" for a in out)
         failed = sum(a.info["relax_status"] == "failed" for a in out)

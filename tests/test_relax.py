@@ -21,7 +21,7 @@ from ase.units import GPa
 import jmattersim
 from jmattersim import relax
 
-from conftest import MPTRJ, small_cell
+from conftest import MPTRJ, small_cell, traces
 
 
 def test_rattled_strained_si_relaxes(small_model):
@@ -162,3 +162,65 @@ def test_relax_rejects_bad_input_naming_it(model):
         jmattersim.relax(model, [small_cell(), small_cell()], pressure_gpa=[0, 1, 2])
     with pytest.raises(ValueError, match="pressure needs relax_cell=True"):
         jmattersim.relax(model, small_cell(), pressure_gpa=1.0, relax_cell=False)
+
+
+def relaxing_five() -> tuple[list, list[float]]:
+    """Strained rattled Si (8 atoms), two rattled Si cells (2 atoms, below the
+    cutoff), a sheared Cu cell (4) and NaCl (8; with the small model's random
+    weights its atoms collide), with their pressures (GPa)."""
+    si8 = bulk("Si", "diamond", 5.43, cubic=True)
+    si8.rattle(0.1, seed=2)
+    strain = np.eye(3) + [[0.03, 0.01, 0], [0.01, -0.02, 0], [0, 0, 0.02]]
+    si8.set_cell(si8.cell.array @ strain, scale_atoms=True)
+    si2, wide = bulk("Si", "diamond", 5.43), bulk("Si", "diamond", 5.5)
+    si2.rattle(0.05, seed=4)
+    wide.rattle(0.05, seed=2)
+    cu = bulk("Cu", "fcc", 3.61, cubic=True)
+    cu.set_cell(cu.cell.array + [[0, 0, 0], [0.4, 0, 0], [0, 0.3, 0]], scale_atoms=True)
+    cu.rattle(0.05, seed=3)
+    nacl = bulk("NaCl", "rocksalt", 5.64, cubic=True)
+    nacl.rattle(0.05, seed=1)
+    return [si8, si2, wide, cu, nacl], [0.0, 0.1, 0.05, 0.0, 0.0]
+
+
+def test_the_compiled_driver_takes_the_steps_of_ases_fire(small_model64):
+    """The compiled driver (FIRE on FrechetCellFilter's coordinates in one compiled
+    loop) against ASE's FIRE and FrechetCellFilter on the calculator's results, one
+    structure at a time (float64: the same trajectory): each structure's status,
+    steps, cell, positions and results, with a pressure per structure. Slots of 16
+    atoms hold two or three at a time, so the others wait and take the slots of
+    those that stop; one compiled program serves the queue. NaCl's atoms collide:
+    it fails alone, at the step where it fails alone, and the others go on."""
+    frames, pressures = relaxing_five()
+    settings = dict(fmax=0.01, smax=0.02, max_steps=300)
+    with jax.enable_x64(True):
+        with traces() as counts:
+            compiled = relax(
+                small_model64,
+                frames,
+                pressure_gpa=pressures,
+                driver="compiled",
+                batch_atoms=16,
+                **settings,
+            )
+        alone = [
+            relax(small_model64, a, pressure_gpa=p, driver="ase", **settings)
+            for a, p in zip(frames, pressures, strict=True)
+        ]
+    assert counts["relax_chunk"] == 1, counts
+    for a, b, p in zip(compiled, alone, pressures, strict=True):
+        assert a.info["relax_status"] == b.info["relax_status"], (a.info, b.info)
+        assert a.info["relax_steps"] == b.info["relax_steps"] > 5
+        assert a.info["relax_pressure_gpa"] == p
+        if b.info["relax_status"] == "failed":
+            assert "collided" in a.info["relax_error"] and "apart" in b.info["relax_error"]
+            continue
+        assert a.info["relax_status"] == "converged"
+        np.testing.assert_allclose(a.cell.array, b.cell.array, atol=1e-8)
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-8)
+        assert abs(a.get_potential_energy() - b.get_potential_energy()) < 1e-8
+        np.testing.assert_allclose(a.get_stress(), b.get_stress(), atol=1e-9)
+    statuses = [a.info["relax_status"] for a in compiled]
+    assert statuses.count("converged") == 4 and statuses[-1] == "failed"
+    volumes = [a.get_volume() / f.get_volume() for a, f in zip(compiled, frames, strict=True)]
+    print(f"\ncompiled = ASE step for step; volumes relaxed to {np.round(volumes, 3)}")

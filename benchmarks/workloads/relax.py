@@ -26,8 +26,12 @@ def relax_rows(name: str, n: int, seed: int, fmax: float, steps: int, add) -> No
     jm_cmd = [sys.executable, script, "jm", str(src), str(model_dir(name)), *extra]
     env = {"JMATTERSIM_COMPILE_CACHE": str(cache)}
     cold, warm = measured(jm_cmd, env), measured(jm_cmd, env)
+    compiled_env = {"JMATTERSIM_COMPILE_CACHE": str(fresh_cache())}
+    compiled_cmd = [*jm_cmd, "--driver", "compiled"]
+    compiled = [measured(compiled_cmd, compiled_env) for _ in ("cold", "warm")]
     up = measured([sys.executable, script, "up", str(src), str(checkpoint(name)), *extra])
-    for label, jm in (("cold", cold), ("warm", warm)):
+    runs = (("cold", cold), ("warm", warm), ("compiled, cold", compiled[0]))
+    for label, jm in (*runs, ("compiled, warm", compiled[1])):
         add(
             "relax, whole process",
             name,
@@ -35,19 +39,21 @@ def relax_rows(name: str, n: int, seed: int, fmax: float, steps: int, add) -> No
             jm["child_wall"],
             up["child_wall"],
             f"{n} rattled frames (<= 24 atoms), positions + cell, fmax {fmax}, <= {steps} "
-            f"steps; compile cache {label}; converged {jm['converged']} vs {up['converged']} "
+            f"steps; driver and compile cache: {label}; "
+            f"converged {jm['converged']} vs {up['converged']} "
             f"(jmattersim failed {jm['failed']}: atoms closer than 0.5 Å, stopped there)",
             lower_is_better=True,
             jm_impl=label,
         )
     # optimiser steps differ where jmattersim stops failed structures: also per step
-    add(
-        "relax, structure-steps per second",
-        name,
-        "steps/s",
-        warm["structure_steps"] / warm["relax"],
-        up["structure_steps"] / up["relax"],
-        f"every optimiser step of every structure, relaxation loop only (warm cache); "
-        f"{warm['structure_steps']} vs {up['structure_steps']} steps",
-        jm_impl="warm",
-    )
+    for label, jm in (("warm", warm), ("compiled, warm", compiled[1])):
+        add(
+            "relax, structure-steps per second",
+            name,
+            "steps/s",
+            jm["structure_steps"] / jm["relax"],
+            up["structure_steps"] / up["relax"],
+            f"every optimiser step of every structure, relaxation loop only ({label} cache); "
+            f"{jm['structure_steps']} vs {up['structure_steps']} steps",
+            jm_impl=label,
+        )

@@ -22,12 +22,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .arrays import default_float
-from .capacity import model_capacity
 from .checkpoint import Model
 from .checks import check_atoms
 from .config import M3GNetConfig
 from .integrators import ENSEMBLES, integrator
-from .neighbors import capacity_for
 from .predictions import EV_PER_A3_TO_GPA
 from .progress import progress_bar
 from .union import REASONS, RUNNING, Capacities, State, Systems, starting_state, union_fns
@@ -122,11 +120,7 @@ def md_many(
         dtype,
     )
     lattice = jnp.asarray(np.stack([a.cell.array for a in structures]), dtype)
-    within = capacity_for(structures, config, 1.0, count)
-    capacities = Capacities(
-        capacity_for(structures, config, capacity_multiplier, count, skin=dr_threshold),
-        model_capacity(within.edges, within.triplets, capacity_multiplier),
-    )
+    capacities = Capacities.measured(structures, config, capacity_multiplier, dr_threshold)
     params = model.astype(dtype).params
 
     settings = dict(

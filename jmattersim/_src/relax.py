@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 import scipy.linalg
 from ase import Atoms
@@ -121,14 +122,28 @@ def relax(
     dtype=None,
     progress: bool = False,
     pressure_gpa: float | Sequence[float] = 0.0,
+    driver: str = "auto",
+    batch_atoms: int | None = None,
 ) -> Atoms | list[Atoms]:
-    """Relaxes one structure or many together, with ASE's optimisers and cell filters.
+    """Relaxes one structure or many together, as ASE's optimisers and cell filters do.
 
-    One optimiser per structure; at every step all structures still moving are
-    evaluated in one engine call (host neighbour lists rebuilt, exact). A
-    structure that cannot go on (atoms closer than 0.5 Å, a collapsing cell, a
-    non-finite energy) stops with status "failed"; the others go on. Computes in
-    float64 under x64, float32 otherwise.
+    Two drivers take the same steps (equal in float64):
+
+    - ``"compiled"``: FIRE on ``FrechetCellFilter``'s coordinates (or the positions
+      alone) for all structures at once in one compiled loop
+      (:mod:`jmattersim._src.relax_many`): a skin neighbour list kept on the
+      device, energies, forces and stresses from one reverse pass, no host work
+      per step. Periodic structures, FIRE, and ``FrechetCellFilter`` or no cell.
+    - ``"ase"``: one ASE optimiser per structure on the host; at every step all
+      structures still moving are evaluated in one engine call (host neighbour
+      lists rebuilt). Any optimiser and filter, molecules and slabs.
+
+    ``"auto"`` takes the compiled driver on an accelerator for more than one
+    structure where it applies, else ASE's (on a CPU the model's work dominates a
+    step, and the host driver evaluates only the structures still moving). A structure that
+    cannot go on (atoms closer than 0.5 Å, a collapsing cell, a non-finite energy)
+    stops with status "failed"; the others go on. Computes in float64 under x64,
+    float32 otherwise.
 
     Args:
         model: the [`Model`][jmattersim.Model].
@@ -153,6 +168,10 @@ def relax(
             per structure): the cell filter minimises the enthalpy E + pV, as
             upstream's ``pressure_in_GPa`` (ASE's ``scalar_pressure``, in eV/Å³
             there). Needs ``relax_cell``.
+        driver: "auto", "compiled" or "ase" (see above).
+        batch_atoms: the compiled driver's atom slots (default 256 on a CPU, 4096
+            on an accelerator): structures wait in a queue and take the slots of
+            those that stop, so one compiled program serves them all.
 
     Returns:
         Relaxed copies (one ``Atoms`` for one, a list for a sequence). Each
@@ -166,7 +185,8 @@ def relax(
         InvalidStructureError: a starting structure is unfit for the model.
         ValueError: ``relax_cell`` with a structure that is not periodic in all
             three directions; a pressure without ``relax_cell``; as many
-            pressures as structures not given.
+            pressures as structures not given; ``driver="compiled"`` where it
+            does not apply (the message says why).
     """
     single = isinstance(atoms, Atoms)
     structures = [atoms] if single else list(atoms)
@@ -181,6 +201,23 @@ def relax(
             "pass relax_cell=False for molecules and slabs"
         )
     pressures = _pressures(pressure_gpa, len(structures), relax_cell)
+    if _compiled(driver, structures, optimizer, cell_filter, relax_cell, optimizer_kwargs):
+        from .relax_many import FireSettings, relax_many
+
+        settings = FireSettings(
+            fmax, smax if relax_cell else None, max_steps, relax_cell, **(optimizer_kwargs or {})
+        )
+        out = relax_many(
+            model,
+            structures,
+            settings,
+            pressures,
+            max_edge_growth,
+            dtype,
+            progress,
+            batch_atoms=batch_atoms,
+        )
+        return out[0] if single else out
     runs = [
         _Run(
             a.copy(),
@@ -216,6 +253,38 @@ def relax(
             run.atoms.info["relax_error"] = run.reason
         out.append(run.atoms)
     return out[0] if single else out
+
+
+def _compiled(
+    driver: str,
+    structures: Sequence[Atoms],
+    optimizer: type,
+    cell_filter: type,
+    relax_cell: bool,
+    optimizer_kwargs: dict[str, Any] | None,
+) -> bool:
+    """Whether ``driver`` (checked) runs the compiled driver for these settings."""
+    from .relax_many import FIRE_OPTIONS
+
+    if driver not in ("auto", "compiled", "ase"):
+        raise ValueError(f"driver: 'auto', 'compiled' or 'ase', not {driver!r}")
+    unknown = set(optimizer_kwargs or {}) - FIRE_OPTIONS
+    why = (
+        "it runs FIRE only" * (optimizer is not FIRE)
+        or "its cell filter is FrechetCellFilter"
+        * (relax_cell and cell_filter is not FrechetCellFilter)
+        or "it needs periodic structures" * (not all(a.pbc.all() for a in structures))
+        or f"FIRE options {sorted(unknown)} are not among {sorted(FIRE_OPTIONS)}" * bool(unknown)
+    )
+    if driver == "compiled" and why:
+        raise ValueError(f"driver='compiled' does not apply: {why}")
+    # on a CPU the model's work dominates a step and the host driver, which evaluates
+    # only the structures still moving, is the faster (docs/benchmarks.md); on an
+    # accelerator the host's work per step dominates
+    accelerated = jax.default_backend() != "cpu"
+    return driver == "compiled" or (
+        driver == "auto" and not why and len(structures) > 1 and accelerated
+    )
 
 
 def _pressures(pressure_gpa: float | Sequence[float], count: int, relax_cell: bool) -> list:

@@ -19,22 +19,28 @@ as they are, so trajectories stay continuous.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from ase import Atoms
 
 from .arrays import Array
-from .capacity import Capacity
+from .capacity import Capacity, model_capacity
 from .config import M3GNetConfig
 from .energy import energies, forces_and_stress, restrict_to_cutoffs
-from .neighbors import build_triplets, find_edges
+from .neighbors import build_triplets, capacity_for, find_edges
 from .topology import Topology
 
-RUNNING, NON_FINITE, COLLIDED = 0, 1, 2
-REASONS = {NON_FINITE: "non-finite energy or forces", COLLIDED: "atoms collided"}
-"""Why a system stopped, by its status code (0: running)."""
+RUNNING, NON_FINITE, COLLIDED, COLLAPSED = 0, 1, 2, 3
+REASONS = {
+    NON_FINITE: "non-finite energy or forces",
+    COLLIDED: "atoms collided",
+    COLLAPSED: "the cell collapsed (its neighbour pairs grew past their limit)",
+}
+"""Why a system failed, by its status code (0: running)."""
 
 
 class Systems(NamedTuple):
@@ -62,10 +68,12 @@ class SkinList(NamedTuple):
         topology: edges within ``cutoff + skin`` (shifts for the positions as
             given), triplets within ``threebody_cutoff + skin``; ``overflow`` sticky.
         reference: (N, 3) Å, the positions it was built at.
+        lattice: (G, 3, 3) Å, the cells it was built in.
     """
 
     topology: Topology
     reference: Array
+    lattice: Array
 
 
 class State(NamedTuple):
@@ -108,6 +116,33 @@ class Capacities(NamedTuple):
         """Both capacities grown by ``factor`` (after an overflow)."""
         return Capacities(self.list.scaled(factor), self.model.scaled(factor))
 
+    @classmethod
+    def measured(
+        cls, structures: Sequence[Atoms], config: M3GNetConfig, multiplier: float, skin: float
+    ) -> Capacities:
+        """The capacities that hold ``structures`` together, measured on the host:
+        the list's with ``skin`` and ``multiplier`` headroom, the model's from the
+        counts within the cutoffs (:func:`~jmattersim._src.capacity.model_capacity`)."""
+        count = len(structures)
+        within = capacity_for(structures, config, 1.0, count)
+        return cls(
+            capacity_for(structures, config, multiplier, count, skin=skin),
+            model_capacity(within.edges, within.triplets, multiplier),
+        )
+
+    def covering(self, other: Capacities) -> Capacities:
+        """The larger of the two in every count."""
+
+        def larger(a: Capacity, b: Capacity) -> Capacity:
+            sizes = {
+                f: max(x, y)
+                for f in ("edges", "triplets", "neighbors", "pairs")
+                if (x := getattr(a, f)) is not None and (y := getattr(b, f)) is not None
+            }
+            return dataclasses.replace(a, **sizes)
+
+        return Capacities(larger(self.list, other.list), larger(self.model, other.model))
+
 
 def build_list(
     positions: Array,
@@ -139,10 +174,17 @@ def build_list(
         capacity.neighbors,
         capacity.triplets,
     )
+    index = lambda x: x.astype(jnp.int32)  # noqa: E731 (int64 under x64)
     topo = Topology(
-        senders, receivers, shifts, edge_mask, triplets, triplet_mask, overflow | trip_overflow
+        index(senders),
+        index(receivers),
+        shifts,
+        edge_mask,
+        index(triplets),
+        triplet_mask,
+        overflow | trip_overflow,
     )
-    return SkinList(topo, jax.lax.stop_gradient(positions))
+    return SkinList(topo, jax.lax.stop_gradient(positions), jax.lax.stop_gradient(lattice))
 
 
 def starting_state(
@@ -173,7 +215,7 @@ def starting_state(
         status,
         status,
         jnp.zeros((), bool),
-        SkinList(empty, jnp.full((n, 3), jnp.inf, dtype)),
+        SkinList(empty, jnp.full((n, 3), jnp.inf, dtype), lattice),
     )
 
 
@@ -184,18 +226,35 @@ def union_fns(
     capacities: Capacities,
     skin: float,
     min_distance: float,
-) -> Callable[[State, Array, Array], State]:
-    """``evaluate(state, positions, momenta) -> State`` of a union: the systems moved
-    to ``positions`` (N, 3) Å with ``momenta``, the list refreshed if an atom has
-    moved half the skin, energies, forces and stresses from one reverse pass, and a
-    system that fails there stopped in its previous state.
+    max_edges: Array | None = None,
+) -> Callable[..., State]:
+    """``evaluate(state, positions, momenta, lattice=None) -> State`` of a union: the
+    systems moved to ``positions`` (N, 3) Å with ``momenta`` (and to the cells
+    ``lattice`` (G, 3, 3) Å when given), the list refreshed once it may have missed
+    a pair, energies, forces and stresses from one reverse pass, and a system that
+    fails there stopped in its previous state. ``max_edges`` (G,): a system with
+    more edges within the cutoff fails as a collapsing cell.
     """
     cutoff2 = config.cutoff**2
+    cutoffs = (config.cutoff, config.threebody_cutoff)
+    n_graph = systems.n_node.shape[0]
+    node_graph = systems.node_graph
 
     def refreshed(nbrs: SkinList, positions, lattice, running) -> SkinList:
-        moved = jnp.sum((positions - nbrs.reference) ** 2, axis=-1)
-        moved = jnp.where(running[systems.node_graph], moved, 0.0)
-        rebuild = jnp.max(moved) > (skin / 2) ** 2
+        # In the frame of the cells the list was built in (positions @ M), an edge's
+        # vector has moved by at most twice the largest displacement there, and the
+        # map back stretches lengths by at most M's largest singular value: the list
+        # holds every pair within a cutoff while (cutoff + skin - 2 moved) / stretch
+        # stays above it.
+        frame = jax.lax.stop_gradient(jnp.linalg.solve(lattice, nbrs.lattice))  # (G, 3, 3)
+        there = jnp.einsum("ni,nij->nj", positions, frame[node_graph])
+        moved = jnp.sqrt(jnp.sum((there - nbrs.reference) ** 2, axis=-1))
+        moved = jax.ops.segment_max(
+            jnp.where(running[node_graph], moved, 0.0), node_graph, num_segments=n_graph
+        )
+        stretch = jnp.sqrt(jnp.max(jnp.linalg.eigvalsh(jnp.swapaxes(frame, 1, 2) @ frame), -1))
+        safe = jnp.all(jnp.stack([c + skin - 2 * moved >= c * stretch for c in cutoffs]), axis=0)
+        rebuild = jnp.any(running & ~safe)
 
         def build(_):
             fresh = build_list(positions, lattice, systems, running, config, skin, capacities.list)
@@ -208,18 +267,19 @@ def union_fns(
 
     def properties(positions, lattice, nbrs: SkinList, running):
         topo = nbrs.topology
-        topo = topo._replace(edge_mask=topo.edge_mask & running[systems.node_graph[topo.senders]])
+        topo = topo._replace(edge_mask=topo.edge_mask & running[node_graph[topo.senders]])
         # the edges within the cutoffs now: whether they fit the model's capacity, and
-        # each system's closest pair
-        node_graph = systems.node_graph
-        offsets = jnp.einsum("ei,eij->ej", topo.shifts, lattice[node_graph[topo.senders]])
+        # each system's closest pair and edge count
+        edge_graph = node_graph[topo.senders]
+        offsets = jnp.einsum("ei,eij->ej", topo.shifts, lattice[edge_graph])
         vectors = jax.lax.stop_gradient(
             positions[topo.senders] - (positions[topo.receivers] + offsets)
         )
         within = restrict_to_cutoffs(topo, vectors, config)
         d2 = jnp.where(within.edge_mask, jnp.sum(vectors * vectors, axis=-1), cutoff2)
-        closest2 = jax.ops.segment_min(
-            d2, node_graph[topo.senders], num_segments=systems.n_node.shape[0]
+        closest2 = jax.ops.segment_min(d2, edge_graph, num_segments=n_graph)
+        edges = jax.ops.segment_sum(
+            within.edge_mask.astype(jnp.int32), edge_graph, num_segments=n_graph
         )
         overflow = (
             topo.overflow
@@ -242,30 +302,30 @@ def union_fns(
             )
 
         preds = forces_and_stress(energy_of, positions, lattice, running)
-        return preds, closest2, overflow
+        return preds, closest2, edges, overflow
 
-    def evaluate(state: State, positions: Array, momenta: Array) -> State:
+    def evaluate(
+        state: State, positions: Array, momenta: Array, lattice: Array | None = None
+    ) -> State:
+        lattice = state.lattice if lattice is None else lattice
         running = state.status == RUNNING
-        nbrs = refreshed(state.nbrs, positions, state.lattice, running)
-        preds, closest2, overflow = properties(positions, state.lattice, nbrs, running)
-        node_graph = systems.node_graph
+        nbrs = refreshed(state.nbrs, positions, lattice, running)
+        preds, closest2, edges, overflow = properties(positions, lattice, nbrs, running)
         atom_finite = jnp.all(jnp.isfinite(preds.forces) & jnp.isfinite(positions), axis=-1)
         finite = jnp.isfinite(preds.energy) & (
-            jax.ops.segment_min(
-                atom_finite.astype(jnp.int32), node_graph, num_segments=systems.n_node.shape[0]
-            )
-            > 0
+            jax.ops.segment_min(atom_finite.astype(jnp.int32), node_graph, num_segments=n_graph) > 0
         )
         collided = closest2 < min_distance**2
-        fails = running & ~overflow & (~finite | collided)
-        status = jnp.where(fails, jnp.where(finite, COLLIDED, NON_FINITE), state.status).astype(
-            jnp.int32
-        )
+        collapsed = jnp.zeros(n_graph, bool) if max_edges is None else edges > max_edges
+        fails = running & ~overflow & (~finite | collided | collapsed)
+        reason = jnp.where(~finite, NON_FINITE, jnp.where(collided, COLLIDED, COLLAPSED))
+        status = jnp.where(fails, reason, state.status).astype(jnp.int32)
         moving = status == RUNNING
         moves = moving[node_graph][:, None]
         return state._replace(
             positions=jnp.where(moves, positions, state.positions),
             momenta=jnp.where(moves, momenta, state.momenta),
+            lattice=jnp.where(moving[:, None, None], lattice, state.lattice),
             forces=jnp.where(moves, preds.forces, state.forces),
             energy=jnp.where(moving, preds.energy, state.energy),
             stress=jnp.where(moving[:, None, None], preds.stress, state.stress),
