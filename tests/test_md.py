@@ -174,8 +174,10 @@ def test_npt_nose_hoover_runs_and_conserves_its_invariant(small_model):
     assert np.ptp(log["conserved"]) / 8 < 1e-3
 
 
+@pytest.mark.long
 def test_fire_descent_on_the_neighbor_list(small_model):
-    """jax-md's ``minimize.fire_descent`` drops in (positions only). The descent
+    """jax-md's ``minimize.fire_descent`` drops in (positions only); the long tier:
+    CI relaxes with FIRE compiled in test_relax (ASE's FIRE, step for step). The descent
     from a rattled crystal crowds some atoms: the lists get 1.5x headroom (jax-md's
     cell list underneath overflows its per-atom slots near step 100 with 1.25x)."""
     atoms = si64()
