@@ -224,3 +224,18 @@ def test_the_compiled_driver_takes_the_steps_of_ases_fire(small_model64):
     assert statuses.count("converged") == 4 and statuses[-1] == "failed"
     volumes = [a.get_volume() / f.get_volume() for a, f in zip(compiled, frames, strict=True)]
     print(f"\ncompiled = ASE step for step; volumes relaxed to {np.round(volumes, 3)}")
+
+
+def test_the_compiled_driver_relaxes_positions_alone_as_ase_does(small_model64):
+    """``relax_cell=False``: FIRE on the positions alone, the cells kept, step for step
+    as ASE's FIRE on the calculator (float64)."""
+    frames = relaxing_five()[0][:3]
+    settings = dict(fmax=5e-4, max_steps=200, relax_cell=False)
+    with jax.enable_x64(True):
+        compiled = relax(small_model64, frames, driver="compiled", **settings)
+        alone = [relax(small_model64, a, driver="ase", **settings) for a in frames]
+    for a, b, start in zip(compiled, alone, frames, strict=True):
+        assert a.info["relax_status"] == b.info["relax_status"] == "converged"
+        assert a.info["relax_steps"] == b.info["relax_steps"] > 20
+        np.testing.assert_array_equal(a.cell.array, start.cell.array)
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-8)
