@@ -226,6 +226,44 @@ def test_the_compiled_driver_takes_the_steps_of_ases_fire(small_model64):
     print(f"\ncompiled = ASE step for step; volumes relaxed to {np.round(volumes, 3)}")
 
 
+@pytest.mark.long
+def test_256_structures_relax_in_slots_sized_to_a_memory_budget(small_model):
+    """The compiled driver with 256 rattled structures (2-16 atoms, 1,940 in all)
+    and a budget of 0.1 GB for its compiled chunk, under half what slots for all of
+    them take: the slots shrink once (two compilations), the queue runs through
+    them, and every structure comes back with its own composition and a status."""
+    kinds = [
+        bulk("Si", "diamond", 5.5),
+        bulk("Si", "diamond", 5.5, cubic=True),
+        bulk("Cu", "fcc", 3.6, cubic=True),
+        bulk("NaCl", "rocksalt", 5.6, cubic=True),
+        bulk("Ar", "fcc", 4.47, cubic=True).repeat((2, 2, 1)),
+    ]
+    structures = []
+    for i in range(256):
+        atoms = kinds[i % len(kinds)].copy()
+        atoms.rattle(0.02, seed=i)
+        structures.append(atoms)
+    with traces() as counts:
+        relaxed = relax(
+            small_model,
+            structures,
+            fmax=0.05,
+            max_steps=20,
+            driver="compiled",
+            memory_gb=0.1,
+            progress=False,
+        )
+    assert counts["relax_chunk"] == 2, counts
+    assert len(relaxed) == 256
+    statuses = [r.info["relax_status"] for r in relaxed]
+    assert set(statuses) <= {"converged", "not converged", "failed"}
+    assert statuses.count("failed") < 26
+    for atoms, r in zip(structures, relaxed, strict=True):
+        assert r.get_chemical_formula() == atoms.get_chemical_formula()
+    print("\n", {s: statuses.count(s) for s in set(statuses)})
+
+
 def test_the_compiled_driver_relaxes_positions_alone_as_ase_does(small_model64):
     """``relax_cell=False``: FIRE on the positions alone, the cells kept, step for step
     as ASE's FIRE on the calculator (float64)."""

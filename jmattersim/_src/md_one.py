@@ -25,11 +25,13 @@ from jax_md import quantity, simulate, space
 
 from .checkpoint import Model
 from .energy import EV_PER_A3_TO_GPA
+from .integrators import ONE_SYSTEM_ENSEMBLES
 from .jax_md import atoms_to_jax_md, mattersim_neighbor_list, neighbor_properties, one_hot
 from .progress import progress_bar
 
-ENSEMBLES = ("nve", "nvt_nose_hoover", "nvt_langevin", "npt_nose_hoover")
-"""The ensembles [`md`][jmattersim.md] runs, by the names of jax-md's integrators."""
+ENSEMBLES = ONE_SYSTEM_ENSEMBLES
+"""The ensembles [`md`][jmattersim.md] runs on one structure, by the names of jax-md's
+integrators."""
 
 
 def _simulator(

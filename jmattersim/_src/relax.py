@@ -124,6 +124,7 @@ def relax(
     pressure_gpa: float | Sequence[float] = 0.0,
     driver: str = "auto",
     batch_atoms: int | None = None,
+    memory_gb: float | None = None,
 ) -> Atoms | list[Atoms]:
     """Relaxes one structure or many together, as ASE's optimisers and cell filters do.
 
@@ -172,6 +173,10 @@ def relax(
         batch_atoms: the compiled driver's atom slots (default 256 on a CPU, 4096
             on an accelerator): structures wait in a queue and take the slots of
             those that stop, so one compiled program serves them all.
+        memory_gb: the compiled driver's budget, GB, for its compiled chunk (device
+            memory on an accelerator) as XLA measures it: the slots start from all
+            the structures (or ``batch_atoms``) and shrink in proportion, one
+            compilation each, until the chunk fits.
 
     Returns:
         Relaxed copies (one ``Atoms`` for one, a list for a sequence). Each
@@ -216,6 +221,7 @@ def relax(
             dtype,
             progress,
             batch_atoms=batch_atoms,
+            memory_gb=memory_gb,
         )
         return out[0] if single else out
     runs = [

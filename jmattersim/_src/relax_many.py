@@ -31,9 +31,19 @@ from .arrays import Array, default_float
 from .capacity import Capacity, model_capacity
 from .checkpoint import Model
 from .config import M3GNetConfig
+from .memory import program_bytes
 from .neighbors import capacity_for
 from .progress import progress_bar
-from .union import REASONS, RUNNING, Capacities, State, Systems, starting_state, union_fns
+from .union import (
+    PADDING,
+    REASONS,
+    RUNNING,
+    Capacities,
+    State,
+    Systems,
+    starting_state,
+    union_fns,
+)
 
 CONVERGED, NOT_CONVERGED = 10, 11
 """Status codes of a relaxation that stopped without failing."""
@@ -291,9 +301,6 @@ class _Entry:
     stress: np.ndarray | None = None
 
 
-PADDING = 20
-"""The status of the union's padding slots (never running)."""
-
 SHRINK_ABOVE = 128
 """Atom slots above which a union whose queue is empty and whose slots are less than
 half full moves to smaller slots (a compilation, worth it only for large ones)."""
@@ -309,6 +316,7 @@ def relax_many(
     progress: bool = False,
     *,
     batch_atoms: int | None = None,
+    memory_gb: float | None = None,
     chunk: int = 50,
     skin: float = 0.5,
     capacity_multiplier: float = 1.5,
@@ -319,7 +327,9 @@ def relax_many(
     The structures run in a union of fixed slots, ``batch_atoms`` atoms (default:
     256 on a CPU, 4096 on an accelerator, or all of them if fewer): when one
     stops, the next waiting ones take its slots at the end of the chunk, so one
-    compiled program serves the whole queue (in-flight batching).
+    compiled program serves the whole queue (in-flight batching). With
+    ``memory_gb``, the slots shrink (in proportion, one compilation each) until
+    the compiled chunk holds at most that many GB as XLA measures it.
 
     Returns relaxed copies with ``relax``'s single-point results and ``info``.
     """
@@ -329,32 +339,58 @@ def relax_many(
         _entry(a, p, config, skin, max_edge_growth, settings, dtype)
         for a, p in zip(structures, pressures_gpa, strict=True)
     ]
-    if batch_atoms is None:
+    if batch_atoms is None and memory_gb is not None:
+        batch_atoms = sum(len(a) for a in structures)  # the budget decides
+    elif batch_atoms is None:
         batch_atoms = 256 if jax.default_backend() == "cpu" else 4096
-    slots = _slots([len(a) for a in structures], batch_atoms)
-    queue = list(range(len(entries)))
-    capacities = _capacities(entries, slots, capacity_multiplier)
-    first = _fill([], queue, entries, slots, capacities, capacity_multiplier)
     params = model.astype(dtype).params
     options = dict(config=config, settings=settings, skin=skin, min_distance=min_distance)
+    programs = {}  # chunks compiled ahead (sized to the memory budget), by capacities and slots
+
+    def run(capacities, slots, *args):
+        if (capacities, slots) in programs:
+            return programs[capacities, slots](params, *args)
+        return relax_chunk(params, *args, capacities=capacities, chunk=chunk, **options)
+
+    while True:
+        slots = _slots([len(a) for a in structures], batch_atoms)
+        queue = list(range(len(entries)))
+        capacities = _capacities(entries, slots, capacity_multiplier)
+        first = _fill([], queue, entries, slots, capacities, capacity_multiplier)
+        if memory_gb is None:
+            break
+        systems, targets, state, fire = _pack(
+            [entries[k] for k in first], slots, settings, dtype, config.num_species
+        )
+        program = relax_chunk.lower(
+            params,
+            systems,
+            targets,
+            _with_empty_list(state, capacities),
+            fire,
+            1,
+            capacities=capacities,
+            chunk=chunk,
+            **options,
+        ).compile()
+        need, largest = program_bytes(program), max(len(a) for a in structures)
+        if need <= memory_gb * 1e9 or slots[0] - 1 <= largest:
+            programs[capacities, slots] = program
+            break
+        batch_atoms = max(largest, int(0.9 * (slots[0] - 1) * memory_gb * 1e9 / need))
     bar = progress_bar(progress, total=len(entries), unit="structure", desc="relax")
     running = first
     while running:
         batch = [entries[k] for k in running]
         systems, targets, state, fire = _pack(batch, slots, settings, dtype, config.num_species)
-        empty = starting_state(
-            state.positions, state.momenta, state.lattice, state.key, capacities.list
-        )
-        new_state, new_fire = relax_chunk(
-            params,
+        new_state, new_fire = run(
+            capacities,
+            slots,
             systems,
             targets,
-            state._replace(nbrs=empty.nbrs),
+            _with_empty_list(state, capacities),
             fire,
             len(running) if queue else 1,
-            capacities=capacities,
-            chunk=chunk,
-            **options,
         )
         if bool(new_state.overflow):  # redo the chunk with fewer structures, or more room
             moved = [dataclasses.replace(entries[k]) for k in running]
@@ -383,6 +419,14 @@ def relax_many(
             capacities = Capacities.measured(there, config, capacity_multiplier, skin)
     bar.close()
     return [_relaxed(e) for e in entries]
+
+
+def _with_empty_list(state: State, capacities: Capacities) -> State:
+    """``state`` with an empty list of ``capacities`` (built at the chunk's pass 0)."""
+    empty = starting_state(
+        state.positions, state.momenta, state.lattice, state.key, capacities.list
+    )
+    return state._replace(nbrs=empty.nbrs)
 
 
 def _entry(atoms, pressure_gpa, config, skin, max_edge_growth, settings, dtype) -> _Entry:

@@ -42,6 +42,9 @@ REASONS = {
 }
 """Why a system failed, by its status code (0: running)."""
 
+PADDING = 20
+"""The status of a union's padding slots (never running)."""
+
 
 class Systems(NamedTuple):
     """What does not change as the systems move (a pytree).
@@ -52,6 +55,9 @@ class Systems(NamedTuple):
         n_node: (G,) atoms per system.
         node_graph: (N,) the system of each atom.
         kT: (G,) eV, each system's thermostat target (k_B T).
+        pressure: (G,) eV/Å³, each system's barostat target (or None).
+        compressibility: (G,) Å³/eV, the barostat's guess of each system's
+            compressibility (or None).
     """
 
     atom_types: Array
@@ -59,6 +65,8 @@ class Systems(NamedTuple):
     n_node: Array
     node_graph: Array
     kT: Array
+    pressure: Array | None = None
+    compressibility: Array | None = None
 
 
 class SkinList(NamedTuple):
@@ -91,6 +99,7 @@ class State(NamedTuple):
         steps: (G,) int32, the time steps each system has completed.
         overflow: () bool, a capacity overflowed since the chunk began (redo it).
         nbrs: the :class:`SkinList`.
+        thermostat: the integrator's bath variables (a pytree, or None).
     """
 
     positions: Array
@@ -104,6 +113,7 @@ class State(NamedTuple):
     steps: Array
     overflow: Array
     nbrs: SkinList
+    thermostat: Any = None
 
 
 class Capacities(NamedTuple):
