@@ -47,6 +47,7 @@ from .union import (
     Systems,
     starting_state,
     union_fns,
+    with_empty_list,
 )
 
 FRAME_FIELDS = (
@@ -239,10 +240,7 @@ def md_many(
 
 def compiled_chunk(params, systems, state, capacities, settings):
     """:func:`run_chunk` compiled ahead for this union (its memory measurable)."""
-    empty = starting_state(
-        state.positions, state.momenta, state.lattice, state.key, capacities.list
-    )
-    state = state._replace(nbrs=empty.nbrs)
+    state = with_empty_list(state, capacities.list)
     return run_chunk.lower(params, systems, state, capacities=capacities, **settings).compile()
 
 
@@ -319,19 +317,12 @@ def run_union(
     chunks compiled ahead in ``programs`` (by capacities) used where they fit."""
     ensemble, coupling = settings["ensemble"], settings["coupling"]
 
-    def fresh(state, capacities: Capacities):
-        """``state`` with an empty list of the capacities (rebuilt at the next chunk)."""
-        empty = starting_state(
-            state.positions, state.momenta, state.lattice, state.key, capacities.list
-        )
-        return state._replace(nbrs=empty.nbrs, overflow=empty.overflow)
-
-    state = fresh(state, capacities)
+    state = with_empty_list(state, capacities.list)
     reallocations, table, done = 0, [], 0
     if store is not None and store.latest() is not None:
         row = jax.eval_shape(lambda s: observe(s, systems, ensemble, coupling), state)
         state, saved, capacities, reallocations = store.restore(
-            lambda c: fresh(state, c), row.shape
+            lambda c: with_empty_list(state, c.list), row.shape
         )
         state = jax.tree.map(jnp.asarray, state)
         done, table = store.latest(), [saved]
@@ -351,7 +342,7 @@ def run_union(
             if not bool(new.overflow):
                 break
             capacities, reallocations = capacities.scaled(1.5), reallocations + 1
-            state = fresh(state, capacities)
+            state = with_empty_list(state, capacities.list)
         if not table:  # the starting state, evaluated
             table.append(np.asarray(observe(start, systems, ensemble, coupling))[None])
             write_frames(paths, members, start, append=False)

@@ -41,8 +41,8 @@ from .union import (
     Capacities,
     State,
     Systems,
-    starting_state,
     union_fns,
+    with_empty_list,
 )
 
 CONVERGED, NOT_CONVERGED = 10, 11
@@ -366,7 +366,7 @@ def relax_many(
             params,
             systems,
             targets,
-            _with_empty_list(state, capacities),
+            with_empty_list(state, capacities.list),
             fire,
             1,
             capacities=capacities,
@@ -388,7 +388,7 @@ def relax_many(
             slots,
             systems,
             targets,
-            _with_empty_list(state, capacities),
+            with_empty_list(state, capacities.list),
             fire,
             len(running) if queue else 1,
         )
@@ -419,14 +419,6 @@ def relax_many(
             capacities = Capacities.measured(there, config, capacity_multiplier, skin)
     bar.close()
     return [_relaxed(e) for e in entries]
-
-
-def _with_empty_list(state: State, capacities: Capacities) -> State:
-    """``state`` with an empty list of ``capacities`` (built at the chunk's pass 0)."""
-    empty = starting_state(
-        state.positions, state.momenta, state.lattice, state.key, capacities.list
-    )
-    return state._replace(nbrs=empty.nbrs)
 
 
 def _entry(atoms, pressure_gpa, config, skin, max_edge_growth, settings, dtype) -> _Entry:

@@ -229,6 +229,13 @@ def starting_state(
     )
 
 
+def with_empty_list(state: State, capacity: Capacity) -> State:
+    """``state`` with an empty list of ``capacity`` and no overflow: the next
+    evaluation rebuilds the list (a new union, or a redo with new capacities)."""
+    empty = starting_state(state.positions, state.momenta, state.lattice, state.key, capacity)
+    return state._replace(nbrs=empty.nbrs, overflow=empty.overflow)
+
+
 def union_fns(
     config: M3GNetConfig,
     params: Any,
