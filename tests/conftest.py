@@ -120,6 +120,26 @@ def arrays(atoms: Atoms, config, dtype=None):
     )
 
 
+def many_small_structures(count: int) -> list:
+    """``count`` periodic structures of 2-16 atoms (Si, Cu, NaCl, Ar; 1,940 atoms for
+    256), each rattled by 0.02 Å with its own seed."""
+    from ase.build import bulk
+
+    kinds = [
+        bulk("Si", "diamond", 5.5),
+        bulk("Si", "diamond", 5.5, cubic=True),
+        bulk("Cu", "fcc", 3.6, cubic=True),
+        bulk("NaCl", "rocksalt", 5.6, cubic=True),
+        bulk("Ar", "fcc", 4.47, cubic=True).repeat((2, 2, 1)),
+    ]
+    structures = []
+    for i in range(count):
+        atoms = kinds[i % len(kinds)].copy()
+        atoms.rattle(0.02, seed=i)
+        structures.append(atoms)
+    return structures
+
+
 @contextlib.contextmanager
 def traces() -> Iterator[collections.Counter]:
     """Counts the top-level traces of jitted functions inside the block, by function

@@ -266,20 +266,9 @@ def test_256_structures_in_batches_sized_to_a_memory_budget(small_model):
     for the compiled step, under half what one union of all of them takes: the
     batches shrink once (two compilations, measured by XLA), every structure
     finishes in one of several batches, and none is lost."""
-    from conftest import traces
+    from conftest import many_small_structures, traces
 
-    kinds = [
-        bulk("Si", "diamond", 5.5),
-        bulk("Si", "diamond", 5.5, cubic=True),
-        bulk("Cu", "fcc", 3.6, cubic=True),
-        bulk("NaCl", "rocksalt", 5.6, cubic=True),
-        bulk("Ar", "fcc", 4.47, cubic=True).repeat((2, 2, 1)),
-    ]
-    structures = []
-    for i in range(256):
-        atoms = kinds[i % len(kinds)].copy()
-        atoms.rattle(0.02, seed=i)
-        structures.append(atoms)
+    structures = many_small_structures(256)
     with traces() as counts:
         finals, logs = jmattersim.md(
             small_model, structures, 20, chunk=10, log_every=10, memory_gb=0.15, progress=False

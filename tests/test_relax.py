@@ -21,7 +21,7 @@ from ase.units import GPa
 import jmattersim
 from jmattersim import relax
 
-from conftest import MPTRJ, small_cell, traces
+from conftest import MPTRJ, many_small_structures, small_cell, traces
 
 
 def test_rattled_strained_si_relaxes(small_model):
@@ -232,18 +232,7 @@ def test_256_structures_relax_in_slots_sized_to_a_memory_budget(small_model):
     and a budget of 0.1 GB for its compiled chunk, under half what slots for all of
     them take: the slots shrink once (two compilations), the queue runs through
     them, and every structure comes back with its own composition and a status."""
-    kinds = [
-        bulk("Si", "diamond", 5.5),
-        bulk("Si", "diamond", 5.5, cubic=True),
-        bulk("Cu", "fcc", 3.6, cubic=True),
-        bulk("NaCl", "rocksalt", 5.6, cubic=True),
-        bulk("Ar", "fcc", 4.47, cubic=True).repeat((2, 2, 1)),
-    ]
-    structures = []
-    for i in range(256):
-        atoms = kinds[i % len(kinds)].copy()
-        atoms.rattle(0.02, seed=i)
-        structures.append(atoms)
+    structures = many_small_structures(256)
     with traces() as counts:
         relaxed = relax(
             small_model,
