@@ -122,7 +122,7 @@ def arrays(atoms: Atoms, config, dtype=None):
 
 def many_small_structures(count: int) -> list:
     """``count`` periodic structures of 2-16 atoms (Si, Cu, NaCl, Ar; 1,940 atoms for
-    256), each rattled by 0.02 Å with its own seed."""
+    256), each rattled by 0.02 Å with its own random seed."""
     from ase.build import bulk
 
     kinds = [
