@@ -136,9 +136,9 @@ def md(
     from .integrators import ENSEMBLES as MANY_ENSEMBLES
     from .integrators import ONE_SYSTEM_ENSEMBLES as ONE_ENSEMBLES
 
-    if isinstance(atoms, Atoms) and ensemble not in ONE_ENSEMBLES + MANY_ENSEMBLES:
-        raise ValueError(f"ensemble must be one of {ONE_ENSEMBLES + MANY_ENSEMBLES}")
     alone = isinstance(atoms, Atoms)
+    if alone and ensemble not in ONE_ENSEMBLES + MANY_ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ONE_ENSEMBLES + MANY_ENSEMBLES}")
     if alone and checkpoint is not None and ensemble not in MANY_ENSEMBLES:
         raise ValueError(f"checkpoint: runs in one of {MANY_ENSEMBLES}, not {ensemble!r}")
     if alone and ensemble in ONE_ENSEMBLES and checkpoint is None:
@@ -159,30 +159,23 @@ def md(
         )
     from .md_many import md_many
 
-    many = dict(
+    if alone and trajectory is not None:
+        options["trajectory"] = [trajectory]
+    finals, logs = md_many(
+        model,
+        [atoms] if alone else atoms,
+        steps,
+        dt,
+        ensemble,
+        temperature,
+        pressure,
         tau_t=tau_t,
         tau_p=tau_p,
         compressibility=compressibility,
         checkpoint=checkpoint,
         batch_atoms=batch_atoms,
         memory_gb=memory_gb,
-    )
-    if alone:
-        if trajectory is not None:
-            options["trajectory"] = [trajectory]
-        finals, logs = md_many(
-            model, [atoms], steps, dt, ensemble, temperature, pressure, **many, **options
-        )
-        return finals[0], logs[0]
-    return md_many(
-        model,
-        atoms,
-        steps,
-        dt,
-        ensemble,
-        temperature,
-        pressure,
         min_distance=min_distance,
-        **many,
         **options,
     )
+    return (finals[0], logs[0]) if alone else (finals, logs)
