@@ -143,14 +143,17 @@ def many_small_structures(count: int) -> list:
 @contextlib.contextmanager
 def traces() -> Iterator[collections.Counter]:
     """Counts the top-level traces of jitted functions inside the block, by function
-    name (each is a compilation or a read of the persistent compile cache), from
-    JAX's monitoring events: no counter lives in the package."""
+    name (each is a compilation or a read of the persistent compile cache), and the
+    programs read from jmattersim's store instead of traced, from the monitoring
+    events JAX and the store report: no counter lives in the package."""
     import jax.monitoring
+
+    from jmattersim._src.programs import LOADED
 
     counts: collections.Counter = collections.Counter()
 
     def listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/jaxpr_trace_duration":
+        if event in ("/jax/core/compile/jaxpr_trace_duration", LOADED):
             counts[kwargs.get("fun_name")] += 1
 
     jax.monitoring.register_event_duration_secs_listener(listen)

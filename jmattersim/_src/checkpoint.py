@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import programs
 from .config import M3GNetConfig
 from .model import init_params
 
@@ -231,11 +232,15 @@ def restore_params(path: Path) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def expected_shapes(config: M3GNetConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every variable ``config`` needs, by its path (traced once per config)."""
-    want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    return {
-        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(want)[0]
-    }
+    """The shape of every variable ``config`` needs, by its path (traced once per config,
+    and remembered for the next process)."""
+
+    def traced() -> dict[str, tuple[int, ...]]:
+        want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+        flat = jax.tree_util.tree_flatten_with_path(want)[0]
+        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat}
+
+    return programs.remembered("expected_shapes", {"config": config}, traced)
 
 
 def check_params(params: Any, config: M3GNetConfig, where: str = "model") -> None:

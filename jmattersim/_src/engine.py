@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
-from . import sharding
+from . import programs, sharding
 from .arrays import default_float
 from .capacity import Capacity, Counts
 from .checkpoint import Model
@@ -171,6 +171,17 @@ def predict_batch(
     return _predict_any(config, params, batch, *args)
 
 
+def _predict_program(config, params, batch, *flags):
+    """:func:`predict_batch` compiled for these arguments, once per process and
+    stored for the next (:mod:`jmattersim._src.programs`)."""
+    return programs.compiled(
+        "engine.predict_batch",
+        lambda p, b: predict_batch(config, p, b, *flags),
+        (params, batch),
+        dict(zip(_STATIC, (config, *flags), strict=True)),
+    )
+
+
 def _predict_any(config, params, batch, derivatives, within_cutoffs, soft_normalize, committee):
     if not committee:
         return _predict(config, params, batch, derivatives, within_cutoffs, soft_normalize)
@@ -304,7 +315,7 @@ def run(
             batches += [pad([], budget, config, dtype)] * (mesh.size - len(step))
             result = run_step(params, sharding.place(sharding.stack(batches), mesh))
         else:
-            args = (derivatives, within, soft_normalize, committee)
-            result = predict_batch(config, params, batches[0], *args)
+            flags = (derivatives, within, soft_normalize, committee)
+            result = _predict_program(config, params, batches[0], *flags)(params, batches[0])
         _collect(step, result, graphs, out, stacked_runs)
     return out  # type: ignore[return-value]

@@ -21,6 +21,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from . import programs
 from .arrays import default_float
 from .capacity import Capacity
 from .checkpoint import Model
@@ -183,7 +184,6 @@ def md_many(
         log_every=log_every,
         logs=chunk // log_every,
     )
-    programs = {}  # compiled chunks by capacities (sized to the memory budget)
     if memory_gb is not None:
         while True:
             first = pack([per_structure[i] for i in groups[0]], slots, ensemble, dtype, species)
@@ -191,7 +191,6 @@ def md_many(
             need, held = program_bytes(program), (slots or (sum(sizes) + 1,))[0] - 1
             smallest = max(sizes)
             if need <= memory_gb * 1e9 or held <= smallest:
-                programs[capacities] = program
                 break
             shrunk = int(0.9 * held * memory_gb * 1e9 / need)  # memory ~ atoms
             groups, slots, capacities = layout(max(smallest, shrunk))
@@ -228,7 +227,6 @@ def md_many(
             [paths[i] for i in group] if paths else [],
             store,
             functools.partial(bar.update, chunk * len(group)),
-            programs,
         )
         out_finals += finals(members, state)
         out_logs += [
@@ -239,9 +237,16 @@ def md_many(
 
 
 def compiled_chunk(params, systems, state, capacities, settings):
-    """:func:`run_chunk` compiled ahead for this union (its memory measurable)."""
+    """:func:`run_chunk` compiled ahead for this union (its memory measurable), once
+    per process and stored for the next (:mod:`jmattersim._src.programs`)."""
     state = with_empty_list(state, capacities.list)
-    return run_chunk.lower(params, systems, state, capacities=capacities, **settings).compile()
+    static = {"capacities": capacities, **settings}
+    return programs.compiled(
+        "md_many.run_chunk",
+        functools.partial(run_chunk, **static),
+        (params, systems, state),
+        static,
+    )
 
 
 def batches(sizes: Sequence[int], batch_atoms: int | None) -> list[list[int]]:
@@ -309,12 +314,10 @@ def run_union(
     paths,
     store,
     advanced,
-    programs,
 ) -> tuple[State, np.ndarray, Capacities, int]:
     """The chunks of one union, from its checkpoint in ``store`` if it has one (a
     chunk that overflowed redone after a re-allocation): ``(state, log table,
-    capacities, reallocations)``; frames to ``paths`` at the chunk edges, the
-    chunks compiled ahead in ``programs`` (by capacities) used where they fit."""
+    capacities, reallocations)``; frames to ``paths`` at the chunk edges."""
     ensemble, coupling = settings["ensemble"], settings["coupling"]
 
     state = with_empty_list(state, capacities.list)
@@ -333,12 +336,8 @@ def run_union(
         write_frames(paths, members, state, append=False)
     for completed in range(done + 1, n_chunks + 1):
         while True:
-            if capacities in programs:
-                new, start, obs = programs[capacities](params, systems, state)
-            else:
-                new, start, obs = run_chunk(
-                    params, systems, state, capacities=capacities, **settings
-                )
+            program = compiled_chunk(params, systems, state, capacities, settings)
+            new, start, obs = program(params, systems, state)
             if not bool(new.overflow):
                 break
             capacities, reallocations = capacities.scaled(1.5), reallocations + 1

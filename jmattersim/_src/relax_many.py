@@ -27,6 +27,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 from ase.units import GPa
 
+from . import programs
 from .arrays import Array, default_float
 from .capacity import Capacity, model_capacity
 from .checkpoint import Model
@@ -345,12 +346,20 @@ def relax_many(
         batch_atoms = 256 if jax.default_backend() == "cpu" else 4096
     params = model.astype(dtype).params
     options = dict(config=config, settings=settings, skin=skin, min_distance=min_distance)
-    programs = {}  # chunks compiled ahead (sized to the memory budget), by capacities and slots
 
-    def run(capacities, slots, *args):
-        if (capacities, slots) in programs:
-            return programs[capacities, slots](params, *args)
-        return relax_chunk(params, *args, capacities=capacities, chunk=chunk, **options)
+    def program(capacities, *args):
+        """:func:`relax_chunk` compiled for ``(params, *args)``, once per process and
+        stored for the next (:mod:`jmattersim._src.programs`)."""
+        static = dict(capacities=capacities, chunk=chunk, **options)
+        return programs.compiled(
+            "relax_many.relax_chunk",
+            functools.partial(relax_chunk, **static),
+            (params, *args),
+            static,
+        )
+
+    def run(capacities, *args):
+        return program(capacities, *args)(params, *args)
 
     while True:
         slots = _slots([len(a) for a in structures], batch_atoms)
@@ -362,20 +371,10 @@ def relax_many(
         systems, targets, state, fire = _pack(
             [entries[k] for k in first], slots, settings, dtype, config.num_species
         )
-        program = relax_chunk.lower(
-            params,
-            systems,
-            targets,
-            with_empty_list(state, capacities.list),
-            fire,
-            1,
-            capacities=capacities,
-            chunk=chunk,
-            **options,
-        ).compile()
-        need, largest = program_bytes(program), max(len(a) for a in structures)
+        state = with_empty_list(state, capacities.list)
+        compiled = program(capacities, systems, targets, state, fire, 1)
+        need, largest = program_bytes(compiled), max(len(a) for a in structures)
         if need <= memory_gb * 1e9 or slots[0] - 1 <= largest:
-            programs[capacities, slots] = program
             break
         batch_atoms = max(largest, int(0.9 * (slots[0] - 1) * memory_gb * 1e9 / need))
     bar = progress_bar(progress, total=len(entries), unit="structure", desc="relax")
@@ -385,7 +384,6 @@ def relax_many(
         systems, targets, state, fire = _pack(batch, slots, settings, dtype, config.num_species)
         new_state, new_fire = run(
             capacities,
-            slots,
             systems,
             targets,
             with_empty_list(state, capacities.list),

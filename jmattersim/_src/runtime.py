@@ -13,7 +13,8 @@ Applied once, at ``import jmattersim`` (before JAX starts its threads):
 - **JAX's persistent compilation cache**, in ``$JMATTERSIM_CACHE/xla`` (default
   ``~/.cache/jmattersim/xla``), so that a second process compiles nothing it has
   compiled before. ``JMATTERSIM_COMPILE_CACHE=off`` disables it, a path moves it;
-  a cache directory already set in ``jax.config`` is left as it is.
+  a cache directory already set in ``jax.config`` is left as it is. The traced
+  programs :mod:`jmattersim._src.programs` stores live in its ``programs/``.
 """
 
 from __future__ import annotations

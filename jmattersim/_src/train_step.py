@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from . import programs
 from .config import M3GNetConfig
 from .energy import Predictions, predict
 from .loss import Labels, LossSettings, Metrics, batch_loss
@@ -185,21 +186,36 @@ def compiled_step(
     remat: bool,
     committee: bool,
 ):
-    """``step(state, frozen, batch, labels) -> (state, metrics)``, jitted; for a
-    committee, ``vmap``-ed over the stacked states, batches and labels."""
+    """``step(state, frozen, batch, labels) -> (state, metrics)``, compiled once per
+    shapes and stored for the next process (:mod:`jmattersim._src.programs`), the
+    state donated; for a committee, ``vmap``-ed over the stacked states, batches and
+    labels."""
     step = functools.partial(train_step, config, settings, optim, remat)
     if committee:
         step = jax.vmap(step, in_axes=(0, None, 0, 0))
-    return jax.jit(step, donate_argnums=(0,))
+    static = dict(config=config, settings=settings, optim=optim, remat=remat, committee=committee)
+
+    def run(state, frozen, batch, labels):
+        args = (state, frozen, batch, labels)
+        name = "train_step.train_step"
+        return programs.compiled(name, step, args, static, donate_argnums=(0,))(*args)
+
+    return run
 
 
 @functools.lru_cache(maxsize=16)
 def compiled_eval(config: M3GNetConfig, settings: LossSettings, committee: bool):
-    """``metrics(weights, frozen, batch, labels)``, jitted (vmapped for a committee)."""
+    """``metrics(weights, frozen, batch, labels)``, compiled and stored as the step is
+    (vmapped for a committee)."""
 
     def evaluate(weights, frozen, batch, labels):
         return loss_fn(config, settings, weights, frozen, batch, labels)
 
     if committee:
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None))
-    return jax.jit(evaluate)
+    static = dict(config=config, settings=settings, committee=committee)
+
+    def run(*args):
+        return programs.compiled("train_step.evaluate", evaluate, args, static)(*args)
+
+    return run

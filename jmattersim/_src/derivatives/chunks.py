@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
+from .. import programs
 from ..arrays import default_float
 from ..capacity import Capacity
 from ..checkpoint import Model
@@ -37,27 +38,25 @@ REMAT = True  # recompute each block in the backward pass: a fraction of the mem
 # unit (measured on the 1M model, forward over reverse), before XLA's analysis.
 VALUES_PER_TANGENT = 5
 
-_COMPILED: dict = {}  # (make, config, shapes of the arguments) -> (executable, bytes per call)
-
 
 def compiled_with_memory(config: M3GNetConfig, make, abstract: tuple):
     """``jax.jit(make(config, n_real)).lower(*abstract).compile()`` (n_real from the third
     argument, the positions) and the bytes one call needs (XLA's memory analysis; 0
-    where the backend has none). Compiled ahead of time, once per shapes: the memory
-    is known before anything runs."""
-    leaves, tree = jax.tree_util.tree_flatten(abstract)
-    key = (make, config, tree, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))
-    if key not in _COMPILED:
-        executable = jax.jit(make(config, abstract[2].shape[0])).lower(*abstract).compile()
-        try:
-            stats = executable.memory_analysis()
-            need = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
-        except (AttributeError, NotImplementedError, TypeError):
-            need = 0
-        if len(_COMPILED) >= 16:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = (executable, need)
-    return _COMPILED[key]
+    where the backend has none). Compiled ahead of time, once per shapes (and stored
+    for the next process, :mod:`jmattersim._src.programs`): the memory is known
+    before anything runs."""
+    executable = programs.compiled(
+        f"{make.__module__}.{make.__qualname__}",
+        make(config, abstract[2].shape[0]),
+        abstract,
+        {"config": config, "remat": REMAT},
+    )
+    try:
+        stats = executable.memory_analysis()
+        need = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
+    except (AttributeError, NotImplementedError, TypeError):
+        need = 0
+    return executable, need
 
 
 def memory_budget() -> float:
