@@ -110,7 +110,7 @@ def train_padding(name: str, src: Path, epochs: int) -> str:
     real = slots = np.zeros(2)
     for index in plan.batches_of(plan.epoch_order(len(frames), settings.seed, 0), BATCH):
         total = tuple(int(c) for c in counts[index].sum(axis=0))
-        budget = next(b for b in budgets if all(c < s for c, s in zip(total, b, strict=True)))
+        budget = next(b for b in budgets if b.holds(total))
         real = real + np.array(total[1:3])
         slots = slots + np.array([budget.edges, budget.triplets])
     fill = real / slots
