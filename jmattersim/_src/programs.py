@@ -134,8 +134,15 @@ def clear_memory() -> None:
 
 def _signature(name: str, static: Mapping[str, Hashable], args: tuple) -> tuple:
     leaves, tree = jax.tree_util.tree_flatten(args)
-    shapes = tuple((np.shape(x), str(_dtype(x)), _weak(x)) for x in leaves)
+    shapes = tuple(map(_leaf_signature, leaves))
     return (name, tuple(sorted((k, repr(v)) for k, v in static.items())), tree, shapes, settings())
+
+
+def _leaf_signature(leaf) -> tuple:
+    """(shape, dtype, weakly typed) of an array, abstract array or Python scalar."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):  # the fast path: a few µs a call
+        return (tuple(leaf.shape), np.dtype(leaf.dtype), bool(getattr(leaf, "weak_type", False)))
+    return (np.shape(leaf), _dtype(leaf), _weak(leaf))
 
 
 def _dtype(leaf) -> np.dtype:
