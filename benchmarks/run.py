@@ -12,8 +12,10 @@ upstream's ``Potential.save``; converted by ``jmattersim-convert``).
 The workloads (``--only``; their registry: ``workloads/__init__.py``, one module
 each under ``workloads/``): predict (whole process, cold and warm compile cache,
 peak memory), steady (E+F+S steady state, model FLOP rate), inverse_design (b1,
-b2), first_pass, relax, md, md_many, phonons, train. ``harness.py`` measures (models,
-frames, timing, fresh processes), ``report.py`` records and writes the rows.
+b2), first_pass, relax, md, md_many, phonons, train, programs (trace and compile
+seconds and StableHLO size of each kind of job, against the code before issue
+24). ``harness.py`` measures (models, frames, timing, fresh processes),
+``report.py`` records and writes the rows.
 
 Timings of in-process rows are interleaved (jmattersim, upstream, ...) and the
 best repetition kept; whole-process rows run once each. Output: the table on

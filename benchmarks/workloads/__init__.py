@@ -11,7 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import first_pass, inverse_design, md, md_many, phonons, predict, relax, steady, train
+from . import (
+    first_pass,
+    inverse_design,
+    md,
+    md_many,
+    phonons,
+    predict,
+    programs,
+    relax,
+    steady,
+    train,
+)
 from report import Bench
 
 
@@ -35,4 +46,5 @@ WORKLOADS: dict[str, Workload] = {
     "md_many": Workload(md_many.measure),
     "phonons": Workload(phonons.measure),
     "train": Workload(train.measure),
+    "programs": Workload(programs.measure, every_config=True),
 }
