@@ -39,6 +39,7 @@ from ._src.neighbors import capacity_for  # noqa: E402
 from ._src.predictions import Predictions  # noqa: E402
 from ._src.published import PUBLISHED  # noqa: E402
 from ._src.relax import relax  # noqa: E402
+from ._src.relaxed import Relaxed, relax_fn  # noqa: E402
 from ._src.stream import predict_file  # noqa: E402
 
 if TYPE_CHECKING:  # loaded on first use by __getattr__: it imports jax-md
@@ -82,5 +83,7 @@ __all__ = [
     "md",
     "predict_file",
     "relax",
+    "relax_fn",
+    "Relaxed",
     "save_model",
 ]

@@ -10,11 +10,13 @@ from ._src.derivatives.elastic import ElasticTensor, elastic_tensor
 from ._src.derivatives.hessian import hessian, hessian_columns
 from ._src.derivatives.minimum import NotAtMinimumWarning
 from ._src.derivatives.phonons import PhononSpectrum, phonon_spectrum, phonons
+from ._src.relaxed import bulk_modulus_gpa
 
 __all__ = [
     "ElasticTensor",
     "NotAtMinimumWarning",
     "PhononSpectrum",
+    "bulk_modulus_gpa",
     "elastic_tensor",
     "fc3",
     "hessian",

@@ -1,0 +1,154 @@
+"""relax_fn: a pure relaxation (optimistix BFGS on positions and strain) against ASE's
+BFGS with FrechetCellFilter on our calculator, and its implicit gradients against
+central finite differences of the relaxation itself (float64, the small model).
+
+The structure: diamond Si, its two-atom primitive cell (not orthogonal), rattled
+(seed 1), from a = 5.45 Å; the small model's minimum is 16 % smaller in volume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.filters import FrechetCellFilter
+from ase.optimize import BFGS
+
+import jmattersim
+from jmattersim import relax_fn
+
+pytestmark = pytest.mark.slow
+
+
+def _silicon():
+    atoms = bulk("Si", "diamond", 5.45)
+    atoms.rattle(0.02, seed=1)
+    return atoms
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(model):
+    """(volume per atom and the record, its gradient in (t, pressure, s)), jitted once:
+    t mixes germanium into atom 1's type, s moves the parameters along a seeded
+    random direction (1 % of each leaf's mean magnitude)."""
+    atoms = _silicon()
+    capacity = jmattersim.capacity_for([atoms], model.config, headroom=3)
+    relaxed = relax_fn(model.config, capacity)
+    species = model.config.num_species
+    silicon = jax.nn.one_hot(atoms.numbers, species, dtype=jnp.float64)
+    germanium = jax.nn.one_hot(32, species, dtype=jnp.float64)
+    leaves, tree = jax.tree.flatten(model.params)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+    direction = jax.tree.unflatten(
+        tree,
+        [
+            jax.random.normal(k, x.shape, x.dtype) * 1e-2 * jnp.abs(x).mean()
+            for k, x in zip(keys, leaves, strict=True)
+        ],
+    )
+
+    def volume(t, pressure, s, positions=atoms.positions, lattice=atoms.cell.array):
+        params = jax.tree.map(lambda x, d: x + s * d, model.params, direction)
+        types = silicon.at[1].set((1 - t) * silicon[1] + t * germanium)
+        out = relaxed(params, types, positions, lattice, pressure)
+        return jnp.abs(jnp.linalg.det(out.lattice)) / len(atoms), out
+
+    if id(model) not in _COMPILED:  # one compile for the file's tests
+        gradient = jax.grad(lambda *a: volume(*a)[0], argnums=(0, 1, 2, 3, 4))
+        _COMPILED[id(model)] = jax.jit(volume), jax.jit(gradient)
+    return _COMPILED[id(model)]
+
+
+def test_relaxed_meets_ase_bfgs_with_the_frechet_cell_filter(small_model64):
+    with jax.enable_x64(True):
+        volume, _ = _compiled(small_model64)
+        _, out = volume(0.0, 0.0, 0.0)
+        ref = _silicon()
+        ref.calc = jmattersim.MatterSimCalculator(small_model64)
+        assert BFGS(FrechetCellFilter(ref), logfile=None).run(fmax=1e-7, steps=2000)
+    print(
+        f"\nrelaxed in {int(out.steps)} steps, max residual {float(out.max_force):.1e}; "
+        f"volume {abs(np.linalg.det(out.lattice)):.6f} vs ASE's {ref.get_volume():.6f} Å³"
+    )
+    assert bool(out.converged) and not bool(out.overflow)
+    assert float(out.max_force) <= 1e-3
+    assert abs(abs(np.linalg.det(out.lattice)) / ref.get_volume() - 1) < 1e-4
+    assert abs(float(out.energy) - ref.get_potential_energy()) < 1e-6
+    assert float(out.enthalpy) == pytest.approx(float(out.energy), abs=1e-12)  # P = 0
+    assert ref.get_volume() < 0.9 * _silicon().get_volume()  # it did relax
+
+
+def test_relaxed_gradients_equal_finite_differences(small_model64):
+    """d(volume per atom)/d(germanium fraction on atom 1, pressure, parameters along
+    a direction) by the implicit function theorem against central differences of
+    the relaxation; zero in the starting positions and lattice."""
+    with jax.enable_x64(True):
+        volume, gradient = _compiled(small_model64)
+        start = _silicon()
+        grads = gradient(0.0, 0.0, 0.0, start.positions, start.cell.array)
+        for i, h in enumerate((1e-3, 2e-3, 1e-2)):
+            up, down = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+            up[i], down[i] = h, -h
+            fd = (volume(*up)[0] - volume(*down)[0]) / (2 * h)
+            print(f"\nargument {i}: implicit {float(grads[i]):.8f}, central difference {fd:.8f}")
+            assert float(grads[i]) == pytest.approx(float(fd), rel=1e-3)
+            assert abs(float(grads[i])) > 1e-3  # a derivative that is there
+        np.testing.assert_array_equal(grads[3], 0.0)
+        np.testing.assert_array_equal(grads[4], 0.0)
+
+
+def test_relaxed_vmaps_over_compositions(small_model64):
+    """jax.vmap over germanium fractions gives each one's own relaxation."""
+    with jax.enable_x64(True):
+        volume, _ = _compiled(small_model64)
+        fractions = jnp.array([0.0, 0.05])
+        batched, out = jax.vmap(volume, in_axes=(0, None, None))(fractions, 0.0, 0.0)
+        alone = [float(volume(float(t), 0.0, 0.0)[0]) for t in fractions]
+    assert bool(out.converged.all())
+    np.testing.assert_allclose(np.asarray(batched), alone, rtol=1e-7)
+    assert abs(alone[1] - alone[0]) > 1e-3  # two different minima
+
+
+def test_bulk_modulus_equals_the_relaxed_ion_reuss_modulus(small_model64):
+    """-V/(dV*/dP) at zero pressure, at the strict minimum relax_fn finds, against
+    elastic_tensor's relaxed-ion Reuss bulk modulus there (exact second derivatives,
+    the relaxation of the ions by the Hessian)."""
+    atoms = _silicon()
+    config = small_model64.config
+    with jax.enable_x64(True):
+        capacity = jmattersim.capacity_for([atoms], config, headroom=3)
+        relaxed = relax_fn(config, capacity)
+        types = jax.nn.one_hot(atoms.numbers, config.num_species, dtype=jnp.float64)
+        args = (small_model64.params, types, atoms.positions, atoms.cell.array)
+        bulk = jax.jit(functools.partial(jmattersim.derivatives.bulk_modulus_gpa, relaxed))
+        modulus = float(bulk(*args))
+        _, out = _compiled(small_model64)[0](0.0, 0.0, 0.0)
+        minimum = atoms.copy()
+        minimum.positions, minimum.cell = np.asarray(out.positions), np.asarray(out.lattice)
+        reuss = jmattersim.derivatives.elastic_tensor(small_model64, minimum).bulk_reuss_gpa
+    print(f"\nbulk modulus {modulus:.6f} GPa; relaxed-ion Reuss {reuss:.6f} GPa")
+    assert modulus == pytest.approx(reuss, rel=1e-3)
+    assert modulus > 0
+
+
+def test_relaxed_signals_overflow_and_non_convergence(small_model64):
+    atoms = _silicon()
+    config = small_model64.config
+    with jax.enable_x64(True):
+        types = jax.nn.one_hot(atoms.numbers, config.num_species, dtype=jnp.float64)
+        args = (small_model64.params, types, atoms.positions, atoms.cell.array)
+        capacity = jmattersim.capacity_for([atoms], config, headroom=3)
+        short = jax.jit(relax_fn(config, capacity, max_steps=3))(*args)
+        tiny = dataclasses.replace(capacity, edges=8, triplets=16)  # the start overflows
+        full = jax.jit(relax_fn(config, tiny, max_steps=3))(*args)
+    assert int(short.steps) == 3 and not bool(short.converged)
+    assert float(short.max_force) > 1e-3 and np.isfinite(float(short.energy))
+    assert bool(full.overflow) and not bool(full.converged)
+    assert np.isnan(float(full.energy)) and np.isnan(np.asarray(full.positions)).all()
