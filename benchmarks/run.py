@@ -14,7 +14,8 @@ each under ``workloads/``): predict (whole process, cold and warm compile cache,
 peak memory), steady (E+F+S steady state, model FLOP rate), inverse_design (b1,
 b2), first_pass, relax, md, md_many, phonons, train, programs (trace and compile
 seconds and StableHLO size of each kind of job, against the code before issue
-24). ``harness.py`` measures (models, frames, timing, fresh processes),
+24), relaxed_gradients (relax_fn's gradient and vmap against its forward pass).
+``harness.py`` measures (models, frames, timing, fresh processes),
 ``report.py`` records and writes the rows.
 
 Timings of in-process rows are interleaved (jmattersim, upstream, ...) and the

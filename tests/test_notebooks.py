@@ -69,6 +69,7 @@ def test_notebooks_found():
         "03_molecular_dynamics.ipynb",
         "04_phonons_and_elastic.ipynb",
         "05_finetune.ipynb",
+        "06_relaxed_inverse_design.ipynb",
     ]
 
 

@@ -22,8 +22,6 @@ from ase.optimize import BFGS
 import jmattersim
 from jmattersim import relax_fn
 
-pytestmark = pytest.mark.slow
-
 
 def _silicon():
     atoms = bulk("Si", "diamond", 5.45)
@@ -66,6 +64,7 @@ def _compiled(model):
     return _COMPILED[id(model)]
 
 
+@pytest.mark.slow
 def test_relaxed_meets_ase_bfgs_with_the_frechet_cell_filter(small_model64):
     with jax.enable_x64(True):
         volume, _ = _compiled(small_model64)
@@ -85,6 +84,7 @@ def test_relaxed_meets_ase_bfgs_with_the_frechet_cell_filter(small_model64):
     assert ref.get_volume() < 0.9 * _silicon().get_volume()  # it did relax
 
 
+@pytest.mark.slow
 def test_relaxed_gradients_equal_finite_differences(small_model64):
     """d(volume per atom)/d(germanium fraction on atom 1, pressure, parameters along
     a direction) by the implicit function theorem against central differences of
@@ -104,6 +104,7 @@ def test_relaxed_gradients_equal_finite_differences(small_model64):
         np.testing.assert_array_equal(grads[4], 0.0)
 
 
+@pytest.mark.slow
 def test_relaxed_vmaps_over_compositions(small_model64):
     """jax.vmap over germanium fractions gives each one's own relaxation."""
     with jax.enable_x64(True):
@@ -116,6 +117,7 @@ def test_relaxed_vmaps_over_compositions(small_model64):
     assert abs(alone[1] - alone[0]) > 1e-3  # two different minima
 
 
+@pytest.mark.slow
 def test_bulk_modulus_equals_the_relaxed_ion_reuss_modulus(small_model64):
     """-V/(dV*/dP) at zero pressure, at the strict minimum relax_fn finds, against
     elastic_tensor's relaxed-ion Reuss bulk modulus there (exact second derivatives,
@@ -138,6 +140,7 @@ def test_bulk_modulus_equals_the_relaxed_ion_reuss_modulus(small_model64):
     assert modulus > 0
 
 
+@pytest.mark.slow
 def test_relaxed_signals_overflow_and_non_convergence(small_model64):
     atoms = _silicon()
     config = small_model64.config
@@ -152,3 +155,31 @@ def test_relaxed_signals_overflow_and_non_convergence(small_model64):
     assert float(short.max_force) > 1e-3 and np.isfinite(float(short.energy))
     assert bool(full.overflow) and not bool(full.converged)
     assert np.isnan(float(full.energy)) and np.isnan(np.asarray(full.positions)).all()
+
+
+def _cotangent(enthalpy, z, args, z_bar):
+    import lineax as lx
+
+    from jmattersim._src.relaxed import _implicit_cotangent
+
+    return _implicit_cotangent(enthalpy, z, args, z_bar, None, lx)
+
+
+@pytest.mark.fast
+def test_implicit_cotangent_of_a_quadratic_and_nan_at_a_saddle():
+    """H(z, θ) = ½ zᵀAz − θ·z has its minimum at z* = A⁻¹θ, so θ̄ = A⁻¹ z̄ (A symmetric
+    positive definite); with an indefinite A the cotangent is NaN, not a number."""
+    a = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]], np.float32)
+    theta = jnp.array([0.3, -0.2, 0.1], jnp.float32)
+
+    def enthalpy(z, args):
+        (matrix, t) = args
+        return 0.5 * z @ matrix @ z - t @ z
+
+    z_bar = jnp.array([1.0, 2.0, -1.0], jnp.float32)
+    z = jnp.asarray(np.linalg.solve(a, np.asarray(theta)))
+    _, theta_bar = _cotangent(enthalpy, z, (jnp.asarray(a), theta), z_bar)
+    np.testing.assert_allclose(theta_bar, np.linalg.solve(a, np.asarray(z_bar)), rtol=1e-5)
+    saddle = np.diag([1.0, -1.0, 2.0]).astype(np.float32)
+    _, theta_bar = _cotangent(enthalpy, z, (jnp.asarray(saddle), theta), jnp.array([0.0, 1.0, 0.0]))
+    assert np.isnan(np.asarray(theta_bar)).all()

@@ -20,6 +20,7 @@ from . import (
     predict,
     programs,
     relax,
+    relaxed_gradients,
     steady,
     train,
 )
@@ -47,4 +48,5 @@ WORKLOADS: dict[str, Workload] = {
     "phonons": Workload(phonons.measure),
     "train": Workload(train.measure),
     "programs": Workload(programs.measure, every_config=True),
+    "relaxed_gradients": Workload(relaxed_gradients.measure),
 }

@@ -11,9 +11,10 @@ ASE's cell filters scale the cell::
 and optimistix's BFGS minimises the enthalpy ``H(z) = E + P V``, the topology
 rebuilt within the capacity at every evaluation. At the minimum ``dH/dz = 0``, so
 by the implicit function theorem ``dz*/dθ = -(d²H/dz²)⁻¹ d²H/dz dθ`` for θ the
-parameters, the atom types and the pressure: optimistix's ``ImplicitAdjoint``
-solves it by conjugate gradients on exact Hessian-vector products (lineax),
-never differentiating through the optimiser's steps.
+parameters, the atom types and the pressure. A ``custom_vjp`` solves
+``(d²H/dz²) λ = z̄`` by lineax's conjugate gradients on exact Hessian-vector
+products, never differentiating through the optimiser's steps, and returns NaN
+where that solve fails or finds the Hessian not positive definite (``λ·z̄ <= 0``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from ase.units import GPa
+from jax.flatten_util import ravel_pytree
 
 from .capacity import Capacity
 from .config import M3GNetConfig
@@ -98,13 +100,55 @@ def relax_fn(
         distribution, positions (N, 3) Å, lattice (3, 3) Å (rows), pressure_gpa ()
         GPa, the external hydrostatic pressure.
 
-    A gradient is only meaningful where ``converged``; at a saddle or a singular
-    Hessian the linear solve has no meaning (see the guide).
+    A gradient is only meaningful where ``converged``. It is NaN where the linear
+    solve fails or meets a Hessian that is not positive definite (a saddle, a flat
+    direction); a saddle the solve does not meet goes undetected (see the guide).
     """
     import lineax as lx  # imported here: equinox takes a while to import
     import optimistix as optx
 
     energy_and_overflow = unmasked_energy_fn(config, capacity, soft_normalize)
+
+    def structure(z, x0, l0):
+        w, c = z
+        u = jnp.concatenate([-w.sum(0, keepdims=True), w])
+        deform = jnp.eye(3, dtype=x0.dtype) + _symmetric(c) / x0.shape[0]
+        return (x0 + u) @ deform, l0 @ deform
+
+    def enthalpy(z, args):
+        params, types, p, x0, l0 = args
+        r, lat = structure(z, x0, l0)
+        e = with_overflow_nan(*energy_and_overflow(params, types, r, lat))
+        return e + p * jnp.abs(jnp.linalg.det(lat))  # NaN past the capacity: a line
+        # search steps back from it
+
+    def minimise(args):
+        x0 = args[3]
+        tol = tolerance or _tolerance(x0.dtype)
+        z0 = (jnp.zeros((x0.shape[0] - 1, 3), x0.dtype), jnp.zeros(6 if cell else 0, x0.dtype))
+        solution = optx.minimise(
+            enthalpy,
+            optx.BFGS(rtol=tol, atol=tol),
+            z0,
+            jax.lax.stop_gradient(args),
+            max_steps=max_steps,
+            throw=False,
+        )
+        return solution.value, solution.stats["num_steps"]
+
+    @jax.custom_vjp
+    def minimum(args):
+        return minimise(args)
+
+    def minimum_fwd(args):
+        z, steps = minimise(args)
+        return (z, steps), (z, args)
+
+    def minimum_bwd(saved, cotangents):
+        z, args = saved
+        return (_implicit_cotangent(enthalpy, z, args, cotangents[0], tolerance, lx),)
+
+    minimum.defvjp(minimum_fwd, minimum_bwd)
 
     def relaxed(
         params: Any, atom_types: Array, positions: Array, lattice: Array, pressure_gpa=0.0
@@ -112,36 +156,9 @@ def relax_fn(
         x0 = jax.lax.stop_gradient(jnp.asarray(positions))
         l0 = jax.lax.stop_gradient(jnp.asarray(lattice, x0.dtype))
         pressure = jnp.asarray(pressure_gpa, x0.dtype) * GPa if cell else jnp.zeros((), x0.dtype)
-        n = x0.shape[0]
-
-        def structure(z):
-            w, c = z
-            u = jnp.concatenate([-w.sum(0, keepdims=True), w])
-            deform = jnp.eye(3, dtype=x0.dtype) + _symmetric(c) / n
-            return (x0 + u) @ deform, l0 @ deform
-
-        def enthalpy(z, args):
-            params_, types, p = args
-            r, lat = structure(z)
-            e = with_overflow_nan(*energy_and_overflow(params_, types, r, lat))
-            return e + p * jnp.abs(jnp.linalg.det(lat))  # NaN past the capacity: a
-            # line search steps back from it
-
-        tol = tolerance or (1e-10 if x0.dtype == jnp.float64 else 1e-6)
-        z0 = (jnp.zeros((n - 1, 3), x0.dtype), jnp.zeros(6 if cell else 0, x0.dtype))
-        args = (params, atom_types, pressure)
-        solution = optx.minimise(
-            enthalpy,
-            optx.BFGS(rtol=tol, atol=tol),
-            z0,
-            args,
-            max_steps=max_steps,
-            throw=False,
-            adjoint=optx.ImplicitAdjoint(linear_solver=lx.CG(rtol=tol, atol=tol)),
-            tags=frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag}),
-        )
-        z = solution.value
-        r, lat = structure(z)
+        args = (params, atom_types, pressure, x0, l0)
+        z, steps = minimum(args)
+        r, lat = structure(z, x0, l0)
         e, overflow = energy_and_overflow(params, atom_types, r, lat)
         h = e + pressure * jnp.abs(jnp.linalg.det(lat))
         residual = _residual(
@@ -154,12 +171,45 @@ def relax_fn(
             energy=e + nan,
             enthalpy=h + nan,
             max_force=residual + nan,
-            steps=solution.stats["num_steps"],
+            steps=steps,
             converged=(residual <= fmax) & jnp.isfinite(e) & ~overflow,
             overflow=overflow,
         )
 
     return relaxed
+
+
+def _tolerance(dtype) -> float:
+    return 1e-10 if dtype == jnp.float64 else 1e-6
+
+
+def _implicit_cotangent(enthalpy, z, args, z_bar, tolerance, lx):
+    """The implicit function theorem's cotangent of ``args`` given that of the
+    minimum ``z``: ``-(d²H/dz dargs)ᵀ λ`` with ``(d²H/dz²) λ = z̄``, solved by lineax's
+    conjugate gradients on Hessian-vector products. NaN where the solve fails or
+    meets a Hessian that is not positive definite (``λ·z̄ <= 0``)."""
+    flat_bar, unravel = ravel_pytree(z_bar)
+    tol = tolerance or (1e-10 if flat_bar.dtype == jnp.float64 else 1e-4)
+
+    def gradient(z_, args_):
+        return jax.grad(enthalpy)(z_, args_)
+
+    def hvp(v):
+        return ravel_pytree(jax.jvp(lambda z_: gradient(z_, args), (z,), (unravel(v),))[1])[0]
+
+    operator = lx.FunctionLinearOperator(
+        hvp,
+        jax.ShapeDtypeStruct(flat_bar.shape, flat_bar.dtype),
+        tags=(lx.symmetric_tag, lx.positive_semidefinite_tag),
+    )
+    solution = lx.linear_solve(operator, flat_bar, lx.CG(rtol=tol, atol=tol), throw=False)
+    lam = solution.value
+    zero = ~jnp.any(flat_bar != 0)
+    fine = (solution.result == lx.RESULTS.successful) & ((lam @ flat_bar > 0) | zero)
+    lam = jnp.where(fine, lam, jnp.nan)
+    _, pullback = jax.vjp(lambda args_: gradient(z, args_), args)
+    (args_bar,) = pullback(jax.tree.map(jnp.negative, unravel(lam)))
+    return args_bar
 
 
 def _symmetric(c: Array) -> Array:
@@ -176,7 +226,7 @@ def _residual(energy_and_overflow, enthalpy, state) -> Array:
     generalised force (eV; the strain is ``sym(c) / N``, so ``dH/dc`` is the
     virial plus ``P V``, over N, as ASE's cell filters weigh it)."""
     z, r, lattice, args = state
-    params, types, _ = args
+    params, types = args[:2]
     forces = -jax.grad(lambda x: energy_and_overflow(params, types, x, lattice)[0])(r)
     _, gc = jax.grad(enthalpy)(z, args)
     return jnp.maximum(jnp.linalg.norm(forces, axis=1).max(), jnp.abs(gc).max(initial=0.0))
