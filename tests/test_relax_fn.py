@@ -8,9 +8,6 @@ The structure: diamond Si, its two-atom primitive cell (not orthogonal), rattled
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,9 +30,10 @@ _COMPILED: dict = {}
 
 
 def _compiled(model):
-    """(volume per atom and the record, its gradient in (t, pressure, s)), jitted once:
-    t mixes germanium into atom 1's type, s moves the parameters along a seeded
-    random direction (1 % of each leaf's mean magnitude)."""
+    """``(volume(t, p, s, positions, lattice) -> (volume per atom, Relaxed), its
+    gradient in all five), volume`` with the first jitted once for the file's tests:
+    t mixes germanium into atom 1's type, p is the pressure (GPa), s moves the
+    parameters along a seeded random direction (1 % of each leaf's mean magnitude)."""
     atoms = _silicon()
     capacity = jmattersim.capacity_for([atoms], model.config, headroom=3)
     relaxed = relax_fn(model.config, capacity)
@@ -52,23 +50,29 @@ def _compiled(model):
         ],
     )
 
-    def volume(t, pressure, s, positions=atoms.positions, lattice=atoms.cell.array):
+    def volume(t, pressure, s, positions, lattice):
         params = jax.tree.map(lambda x, d: x + s * d, model.params, direction)
         types = silicon.at[1].set((1 - t) * silicon[1] + t * germanium)
         out = relaxed(params, types, positions, lattice, pressure)
         return jnp.abs(jnp.linalg.det(out.lattice)) / len(atoms), out
 
-    if id(model) not in _COMPILED:  # one compile for the file's tests
-        gradient = jax.grad(lambda *a: volume(*a)[0], argnums=(0, 1, 2, 3, 4))
-        _COMPILED[id(model)] = jax.jit(volume), jax.jit(gradient)
+    if id(model) not in _COMPILED:  # one compile serves values and gradients
+        both = jax.value_and_grad(volume, argnums=(0, 1, 2, 3, 4), has_aux=True)
+        _COMPILED[id(model)] = jax.jit(both), volume
     return _COMPILED[id(model)]
+
+
+def _at(model, t=0.0, pressure=0.0, s=0.0, atoms=None):
+    """((volume per atom, Relaxed), gradients) of the shared compiled function."""
+    atoms = atoms or _silicon()
+    both, _ = _compiled(model)
+    return both(t, pressure, s, atoms.positions, atoms.cell.array)
 
 
 @pytest.mark.slow
 def test_relaxed_meets_ase_bfgs_with_the_frechet_cell_filter(small_model64):
     with jax.enable_x64(True):
-        volume, _ = _compiled(small_model64)
-        _, out = volume(0.0, 0.0, 0.0)
+        (_, out), _ = _at(small_model64)
         ref = _silicon()
         ref.calc = jmattersim.MatterSimCalculator(small_model64)
         assert BFGS(FrechetCellFilter(ref), logfile=None).run(fmax=1e-7, steps=2000)
@@ -90,13 +94,11 @@ def test_relaxed_gradients_equal_finite_differences(small_model64):
     a direction) by the implicit function theorem against central differences of
     the relaxation; zero in the starting positions and lattice."""
     with jax.enable_x64(True):
-        volume, gradient = _compiled(small_model64)
-        start = _silicon()
-        grads = gradient(0.0, 0.0, 0.0, start.positions, start.cell.array)
+        _, grads = _at(small_model64)
         for i, h in enumerate((1e-3, 2e-3, 1e-2)):
             up, down = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
             up[i], down[i] = h, -h
-            fd = (volume(*up)[0] - volume(*down)[0]) / (2 * h)
+            fd = (_at(small_model64, *up)[0][0] - _at(small_model64, *down)[0][0]) / (2 * h)
             print(f"\nargument {i}: implicit {float(grads[i]):.8f}, central difference {fd:.8f}")
             assert float(grads[i]) == pytest.approx(float(fd), rel=1e-3)
             assert abs(float(grads[i])) > 1e-3  # a derivative that is there
@@ -107,11 +109,14 @@ def test_relaxed_gradients_equal_finite_differences(small_model64):
 @pytest.mark.slow
 def test_relaxed_vmaps_over_compositions(small_model64):
     """jax.vmap over germanium fractions gives each one's own relaxation."""
+    atoms = _silicon()
     with jax.enable_x64(True):
-        volume, _ = _compiled(small_model64)
+        _, volume = _compiled(small_model64)
         fractions = jnp.array([0.0, 0.05])
-        batched, out = jax.vmap(volume, in_axes=(0, None, None))(fractions, 0.0, 0.0)
-        alone = [float(volume(float(t), 0.0, 0.0)[0]) for t in fractions]
+        batched, out = jax.jit(jax.vmap(volume, in_axes=(0, None, None, None, None)))(
+            fractions, 0.0, 0.0, atoms.positions, atoms.cell.array
+        )
+        alone = [float(_at(small_model64, float(t))[0][0]) for t in fractions]
     assert bool(out.converged.all())
     np.testing.assert_allclose(np.asarray(batched), alone, rtol=1e-7)
     assert abs(alone[1] - alone[0]) > 1e-3  # two different minima
@@ -121,17 +126,12 @@ def test_relaxed_vmaps_over_compositions(small_model64):
 def test_bulk_modulus_equals_the_relaxed_ion_reuss_modulus(small_model64):
     """-V/(dV*/dP) at zero pressure, at the strict minimum relax_fn finds, against
     elastic_tensor's relaxed-ion Reuss bulk modulus there (exact second derivatives,
-    the relaxation of the ions by the Hessian)."""
+    the relaxation of the ions by the Hessian). bulk_modulus_gpa's formula: the
+    fast test below."""
     atoms = _silicon()
-    config = small_model64.config
     with jax.enable_x64(True):
-        capacity = jmattersim.capacity_for([atoms], config, headroom=3)
-        relaxed = relax_fn(config, capacity)
-        types = jax.nn.one_hot(atoms.numbers, config.num_species, dtype=jnp.float64)
-        args = (small_model64.params, types, atoms.positions, atoms.cell.array)
-        bulk = jax.jit(functools.partial(jmattersim.derivatives.bulk_modulus_gpa, relaxed))
-        modulus = float(bulk(*args))
-        _, out = _compiled(small_model64)[0](0.0, 0.0, 0.0)
+        (v, out), grads = _at(small_model64)
+        modulus = -float(v) / float(grads[1])
         minimum = atoms.copy()
         minimum.positions, minimum.cell = np.asarray(out.positions), np.asarray(out.lattice)
         reuss = jmattersim.derivatives.elastic_tensor(small_model64, minimum).bulk_reuss_gpa
@@ -140,17 +140,35 @@ def test_bulk_modulus_equals_the_relaxed_ion_reuss_modulus(small_model64):
     assert modulus > 0
 
 
+@pytest.mark.fast
+def test_bulk_modulus_gpa_of_a_known_equation_of_state():
+    """A relaxed function whose cell follows V(P) = V0 (1 - P/B0) has -V/(dV/dP) =
+    B0 (1 - P/B0) at P: bulk_modulus_gpa recovers it."""
+    lattice0 = jnp.array([[0.0, 2.7, 2.7], [2.7, 0.0, 2.7], [2.7, 2.7, 0.0]])
+
+    def relaxed(params, atom_types, positions, lattice, pressure_gpa):
+        scale = (1 - pressure_gpa / params) ** (1 / 3)
+        return jmattersim.Relaxed(positions, lattice0 * scale, *[jnp.zeros(())] * 6)
+
+    for pressure in (0.0, 3.0):
+        b = jmattersim.derivatives.bulk_modulus_gpa(relaxed, 90.0, None, None, None, pressure)
+        assert float(b) == pytest.approx(90.0 - pressure, rel=1e-5)
+
+
 @pytest.mark.slow
 def test_relaxed_signals_overflow_and_non_convergence(small_model64):
+    """A start squeezed past the capacity: overflow, NaN, not converged (the shared
+    function); three steps: not converged, a finite residual above fmax."""
     atoms = _silicon()
     config = small_model64.config
+    squeezed = atoms.copy()
+    squeezed.set_cell(atoms.cell.array * 0.6, scale_atoms=True)
     with jax.enable_x64(True):
+        (_, full), _ = _at(small_model64, atoms=squeezed)
         types = jax.nn.one_hot(atoms.numbers, config.num_species, dtype=jnp.float64)
         args = (small_model64.params, types, atoms.positions, atoms.cell.array)
         capacity = jmattersim.capacity_for([atoms], config, headroom=3)
         short = jax.jit(relax_fn(config, capacity, max_steps=3))(*args)
-        tiny = dataclasses.replace(capacity, edges=8, triplets=16)  # the start overflows
-        full = jax.jit(relax_fn(config, tiny, max_steps=3))(*args)
     assert int(short.steps) == 3 and not bool(short.converged)
     assert float(short.max_force) > 1e-3 and np.isfinite(float(short.energy))
     assert bool(full.overflow) and not bool(full.converged)
