@@ -91,8 +91,9 @@ def relax_fn(
         max_steps: optimiser steps at most.
         soft_normalize: as [`energy_fn`][jmattersim.energy_fn]'s.
         tolerance: the optimiser's stopping tolerance (relative and absolute, on the
-            steps and the enthalpy's changes); default 1e-10 in float64, 1e-6 in
-            float32.
+            steps and the enthalpy's changes) and the gradient's conjugate-gradient
+            tolerance; default 1e-10 in float64, 1e-6 (optimiser) and 1e-4 (solve)
+            in float32.
 
     Returns:
         ``relaxed(params, atom_types, positions, lattice, pressure_gpa=0.0) ->``
