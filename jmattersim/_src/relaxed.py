@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ase.units import GPa
 from jax.flatten_util import ravel_pytree
 
@@ -125,7 +126,7 @@ def relax_fn(
 
     def minimise(args):
         x0 = args[3]
-        tol = tolerance or _tolerance(x0.dtype)
+        tol = tolerance or _tolerance(x0.dtype, "minimise")
         z0 = (jnp.zeros((x0.shape[0] - 1, 3), x0.dtype), jnp.zeros(6 if cell else 0, x0.dtype))
         solution = optx.minimise(
             enthalpy,
@@ -160,11 +161,11 @@ def relax_fn(
         args = (params, atom_types, pressure, x0, l0)
         z, steps = minimum(args)
         r, lat = structure(z, x0, l0)
-        e, overflow = energy_and_overflow(params, atom_types, r, lat)
-        h = e + pressure * jnp.abs(jnp.linalg.det(lat))
-        residual = _residual(
-            energy_and_overflow, enthalpy, jax.lax.stop_gradient((z, r, lat, args))
+        (e, overflow), (de_dr, de_dlat) = _energy_and_gradients(
+            energy_and_overflow, params, atom_types, r, lat
         )
+        h = e + pressure * jnp.abs(jnp.linalg.det(lat))
+        residual = _residual(structure, z, x0, l0, pressure, de_dr, de_dlat)
         nan = jnp.where(overflow, jnp.nan, 0.0)
         return Relaxed(
             positions=r + nan,
@@ -180,8 +181,12 @@ def relax_fn(
     return relaxed
 
 
-def _tolerance(dtype) -> float:
-    return 1e-10 if dtype == jnp.float64 else 1e-6
+def _tolerance(dtype, what: str) -> float:
+    """The default tolerance of the optimiser (``"minimise"``) or of the gradient's
+    conjugate-gradient solve (``"solve"``): float32 cannot resolve the solve to 1e-6."""
+    if dtype == jnp.float64:
+        return 1e-10
+    return {"minimise": 1e-6, "solve": 1e-4}[what]
 
 
 def _implicit_cotangent(enthalpy, z, args, z_bar, tolerance, lx):
@@ -190,7 +195,7 @@ def _implicit_cotangent(enthalpy, z, args, z_bar, tolerance, lx):
     conjugate gradients on Hessian-vector products. NaN where the solve fails or
     meets a Hessian that is not positive definite (``λ·z̄ <= 0``)."""
     flat_bar, unravel = ravel_pytree(z_bar)
-    tol = tolerance or (1e-10 if flat_bar.dtype == jnp.float64 else 1e-4)
+    tol = tolerance or _tolerance(flat_bar.dtype, "solve")
 
     def gradient(z_, args_):
         return jax.grad(enthalpy)(z_, args_)
@@ -222,15 +227,30 @@ def _symmetric(c: Array) -> Array:
     return jnp.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
-def _residual(energy_and_overflow, enthalpy, state) -> Array:
+def _energy_and_gradients(energy_and_overflow, params, types, r, lattice):
+    """((energy, overflow), (dE/dr, dE/dlattice)) in one reverse pass; the energy
+    differentiable as usual, its gradients for the residual only."""
+
+    def energy(r_, lattice_):
+        return energy_and_overflow(params, types, r_, lattice_)
+
+    (e, overflow), pullback = jax.vjp(energy, r, lattice)
+    grads = pullback((jnp.ones_like(e), np.zeros((), jax.dtypes.float0)))
+    return (e, overflow), jax.lax.stop_gradient(grads)
+
+
+def _residual(structure, z, x0, l0, pressure, de_dr, de_dlat) -> Array:
     """The largest residual: the largest force on an atom (eV/Å) and the cell's
     generalised force (eV; the strain is ``sym(c) / N``, so ``dH/dc`` is the
-    virial plus ``P V``, over N, as ASE's cell filters weigh it)."""
-    z, r, lattice, args = state
-    params, types = args[:2]
-    forces = -jax.grad(lambda x: energy_and_overflow(params, types, x, lattice)[0])(r)
-    _, gc = jax.grad(enthalpy)(z, args)
-    return jnp.maximum(jnp.linalg.norm(forces, axis=1).max(), jnp.abs(gc).max(initial=0.0))
+    virial plus ``P V``, over N, as ASE's cell filters weigh it), from the
+    energy's gradients at the minimum."""
+    z = jax.lax.stop_gradient(z)
+    _, pullback = jax.vjp(lambda z_: structure(z_, x0, l0), z)
+    ((_, gc),) = pullback((de_dr, de_dlat))
+    volume_gradient = jax.grad(lambda z_: jnp.abs(jnp.linalg.det(structure(z_, x0, l0)[1])))(z)[1]
+    gc = gc + jax.lax.stop_gradient(pressure) * volume_gradient
+    forces = jnp.linalg.norm(de_dr, axis=1).max()
+    return jnp.maximum(forces, jnp.abs(gc).max(initial=0.0))
 
 
 def bulk_modulus_gpa(
