@@ -160,15 +160,13 @@ def test_setup_cell_short_and_shared():
 # ------------------------------------------------------------------------------ slow
 
 
-# Fresh runs of minutes each (cold compile cache: MD, phonons and κ, fine-tuning,
-# relaxations and their gradients on the 1M model) are in the long tier; what they
-# call is tested in CI by test_md, test_phonons, test_elastic, test_train and
-# test_relax_fn.
+# Fresh runs of minutes each (cold compile cache: MD, phonons and κ, fine-tuning on
+# the 1M model) are in the long tier; what they call is tested in CI by test_md,
+# test_phonons, test_elastic and test_train.
 LONG_NOTEBOOKS = {
     "03_molecular_dynamics",
     "04_phonons_and_elastic",
     "05_finetune",
-    "06_relaxed_inverse_design",
 }
 FRESH_RUNS = [
     pytest.param(path, marks=[pytest.mark.long] if path.stem in LONG_NOTEBOOKS else [])

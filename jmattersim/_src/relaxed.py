@@ -8,13 +8,15 @@ ASE's cell filters scale the cell::
 
     positions = (x0 + u(w)) (1 + e(c)),   lattice = L0 (1 + e(c)),   e = sym(c) / N
 
-and optimistix's BFGS minimises the enthalpy ``H(z) = E + P V``, the topology
+and ASE's BFGS (forces only, no line search), compiled, minimises the enthalpy
+``H(z) = E + P V`` until the largest residual is at most ``fmax``, the topology
 rebuilt within the capacity at every evaluation. At the minimum ``dH/dz = 0``, so
 by the implicit function theorem ``dz*/dθ = -(d²H/dz²)⁻¹ d²H/dz dθ`` for θ the
 parameters, the atom types and the pressure. A ``custom_vjp`` solves
-``(d²H/dz²) λ = z̄`` by lineax's conjugate gradients on exact Hessian-vector
-products, never differentiating through the optimiser's steps, and returns NaN
-where that solve fails or finds the Hessian not positive definite (``λ·z̄ <= 0``).
+``(d²H/dz²) λ = z̄`` with lineax on exact Hessian-vector products (Cholesky of the
+Hessian for small cells, conjugate gradients for large ones), never
+differentiating through the optimiser's steps, and returns NaN where the Hessian
+is not positive definite.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def relax_fn(
     max_steps: int = 500,
     soft_normalize: bool = True,
     tolerance: float | None = None,
+    dense_hessian_atoms: int = 16,
 ) -> Callable[..., Relaxed]:
     """A pure relaxation of one periodic structure, the counterpart of
     [`energy_fn`][jmattersim.energy_fn]: ``jax.jit``, ``jax.grad`` and ``jax.vmap``
@@ -78,8 +81,8 @@ def relax_fn(
 
     Gradients of anything computed from the result flow to ``params``,
     ``atom_types`` and ``pressure_gpa`` by the implicit function theorem (one
-    linear solve with the Hessian of the enthalpy in positions and strain, by
-    conjugate gradients on exact Hessian-vector products). Gradients in the
+    linear solve with the Hessian of the enthalpy in positions and strain, on
+    exact Hessian-vector products). Gradients in the
     starting ``positions`` and ``lattice`` are zero: the minimum does not depend on
     where the search started.
 
@@ -88,13 +91,17 @@ def relax_fn(
         capacity: a [`Capacity`][jmattersim.Capacity] holding the structure as it
             relaxes (e.g. [`capacity_for`][jmattersim.capacity_for] with headroom).
         cell: relax the cell too (else positions only, the pressure unused).
-        fmax: eV/Å, ``converged`` when the largest residual is at most this.
+        fmax: eV/Å, stop (``converged``) once the largest residual is at most this,
+            as ASE's optimisers do. A gradient is as accurate as the minimum: the
+            error of ``dz*/dθ`` scales with ``fmax`` over the Hessian's smallest
+            eigenvalue, so tighten it (1e-6 in float64, say) for derivatives.
         max_steps: optimiser steps at most.
         soft_normalize: as [`energy_fn`][jmattersim.energy_fn]'s.
-        tolerance: the optimiser's stopping tolerance (relative and absolute, on the
-            steps and the enthalpy's changes) and the gradient's conjugate-gradient
-            tolerance; default 1e-10 in float64, 1e-6 (optimiser) and 1e-4 (solve)
-            in float32.
+        tolerance: the gradient's conjugate-gradient tolerance (relative and
+            absolute); default 1e-10 in float64, 1e-4 in float32.
+        dense_hessian_atoms: up to this many atoms the gradient's solve builds the
+            Hessian at once (3N + 3 Hessian-vector products, batched) and factorises
+            it by Cholesky, which fails at every saddle; above, conjugate gradients.
 
     Returns:
         ``relaxed(params, atom_types, positions, lattice, pressure_gpa=0.0) ->``
@@ -102,12 +109,12 @@ def relax_fn(
         distribution, positions (N, 3) Å, lattice (3, 3) Å (rows), pressure_gpa ()
         GPa, the external hydrostatic pressure.
 
-    A gradient is only meaningful where ``converged``. It is NaN where the linear
-    solve fails or meets a Hessian that is not positive definite (a saddle, a flat
-    direction); a saddle the solve does not meet goes undetected (see the guide).
+    A gradient is only meaningful where ``converged``. It is NaN where the
+    Hessian is not positive definite (a saddle, a flat direction): always up to
+    ``dense_hessian_atoms``; above, where conjugate gradients fail or meet it (see
+    the guide).
     """
     import lineax as lx  # imported here: equinox takes a while to import
-    import optimistix as optx
 
     energy_and_overflow = unmasked_energy_fn(config, capacity, soft_normalize)
 
@@ -121,22 +128,31 @@ def relax_fn(
         params, types, p, x0, l0 = args
         r, lat = structure(z, x0, l0)
         e = with_overflow_nan(*energy_and_overflow(params, types, r, lat))
-        return e + p * jnp.abs(jnp.linalg.det(lat))  # NaN past the capacity: a line
-        # search steps back from it
+        return e + p * jnp.abs(jnp.linalg.det(lat))
+
+    def gradient_and_residual(z, args):
+        """(dH/dz, the largest residual (eV/Å), energy, overflow) in one reverse pass."""
+        params, types, p, x0, l0 = args
+        r, lat = structure(z, x0, l0)
+        (e, overflow), (de_dr, de_dlat) = _energy_and_gradients(
+            energy_and_overflow, params, types, r, lat
+        )
+        g, residual = _gradient_and_residual(structure, z, x0, l0, p, de_dr, de_dlat)
+        return g, residual, e, overflow
 
     def minimise(args):
+        args = jax.lax.stop_gradient(args)
         x0 = args[3]
-        tol = tolerance or _tolerance(x0.dtype, "minimise")
         z0 = (jnp.zeros((x0.shape[0] - 1, 3), x0.dtype), jnp.zeros(6 if cell else 0, x0.dtype))
-        solution = optx.minimise(
-            enthalpy,
-            optx.BFGS(rtol=tol, atol=tol),
-            z0,
-            jax.lax.stop_gradient(args),
-            max_steps=max_steps,
-            throw=False,
-        )
-        return solution.value, solution.stats["num_steps"]
+        flat0, unravel = ravel_pytree(z0)
+
+        def evaluate(flat):
+            g, residual, e, overflow = gradient_and_residual(unravel(flat), args)
+            stop = (residual <= fmax) | ~jnp.isfinite(e) | overflow
+            return ravel_pytree(g)[0], stop
+
+        z, steps = _ase_bfgs(evaluate, flat0, max_steps)
+        return unravel(z), steps
 
     @jax.custom_vjp
     def minimum(args):
@@ -148,7 +164,8 @@ def relax_fn(
 
     def minimum_bwd(saved, cotangents):
         z, args = saved
-        return (_implicit_cotangent(enthalpy, z, args, cotangents[0], tolerance, lx),)
+        dense = 3 * (dense_hessian_atoms - 1) + (6 if cell else 0)
+        return (_implicit_cotangent(enthalpy, z, args, cotangents[0], tolerance, lx, dense),)
 
     minimum.defvjp(minimum_fwd, minimum_bwd)
 
@@ -165,7 +182,7 @@ def relax_fn(
             energy_and_overflow, params, atom_types, r, lat
         )
         h = e + pressure * jnp.abs(jnp.linalg.det(lat))
-        residual = _residual(structure, z, x0, l0, pressure, de_dr, de_dlat)
+        _, residual = _gradient_and_residual(structure, z, x0, l0, pressure, de_dr, de_dlat)
         nan = jnp.where(overflow, jnp.nan, 0.0)
         return Relaxed(
             positions=r + nan,
@@ -181,21 +198,21 @@ def relax_fn(
     return relaxed
 
 
-def _tolerance(dtype, what: str) -> float:
-    """The default tolerance of the optimiser (``"minimise"``) or of the gradient's
-    conjugate-gradient solve (``"solve"``): float32 cannot resolve the solve to 1e-6."""
-    if dtype == jnp.float64:
-        return 1e-10
-    return {"minimise": 1e-6, "solve": 1e-4}[what]
+def _tolerance(dtype) -> float:
+    """The default tolerance of the gradient's conjugate-gradient solve: float32
+    cannot resolve it below about 1e-4."""
+    return 1e-10 if dtype == jnp.float64 else 1e-4
 
 
-def _implicit_cotangent(enthalpy, z, args, z_bar, tolerance, lx):
+def _implicit_cotangent(enthalpy, z, args, z_bar, tolerance, lx, dense_size: int = 0):
     """The implicit function theorem's cotangent of ``args`` given that of the
-    minimum ``z``: ``-(d²H/dz dargs)ᵀ λ`` with ``(d²H/dz²) λ = z̄``, solved by lineax's
-    conjugate gradients on Hessian-vector products. NaN where the solve fails or
-    meets a Hessian that is not positive definite (``λ·z̄ <= 0``)."""
+    minimum ``z``: ``-(d²H/dz dargs)ᵀ λ`` with ``(d²H/dz²) λ = z̄``, solved with
+    lineax on Hessian-vector products: by Cholesky of the Hessian built at once
+    where ``z`` has at most ``dense_size`` components, else by conjugate gradients.
+    NaN where the solve fails or meets a Hessian that is not positive definite
+    (Cholesky: always; conjugate gradients: where ``λ·z̄ <= 0``)."""
     flat_bar, unravel = ravel_pytree(z_bar)
-    tol = tolerance or _tolerance(flat_bar.dtype, "solve")
+    tol = tolerance or _tolerance(flat_bar.dtype)
 
     def gradient(z_, args_):
         return jax.grad(enthalpy)(z_, args_)
@@ -208,7 +225,12 @@ def _implicit_cotangent(enthalpy, z, args, z_bar, tolerance, lx):
         jax.ShapeDtypeStruct(flat_bar.shape, flat_bar.dtype),
         tags=(lx.symmetric_tag, lx.positive_semidefinite_tag),
     )
-    solution = lx.linear_solve(operator, flat_bar, lx.CG(rtol=tol, atol=tol), throw=False)
+    if flat_bar.shape[0] <= dense_size:  # n Hessian-vector products at once; Cholesky
+        # fails (NaN) on any Hessian that is not positive definite
+        operator, solver = lx.materialise(operator), lx.Cholesky()
+    else:
+        solver = lx.CG(rtol=tol, atol=tol)
+    solution = lx.linear_solve(operator, flat_bar, solver, throw=False)
     lam = solution.value
     zero = ~jnp.any(flat_bar != 0)
     fine = (solution.result == lx.RESULTS.successful) & ((lam @ flat_bar > 0) | zero)
@@ -239,18 +261,72 @@ def _energy_and_gradients(energy_and_overflow, params, types, r, lattice):
     return (e, overflow), jax.lax.stop_gradient(grads)
 
 
-def _residual(structure, z, x0, l0, pressure, de_dr, de_dlat) -> Array:
-    """The largest residual: the largest force on an atom (eV/Å) and the cell's
-    generalised force (eV; the strain is ``sym(c) / N``, so ``dH/dc`` is the
-    virial plus ``P V``, over N, as ASE's cell filters weigh it), from the
-    energy's gradients at the minimum."""
+def _gradient_and_residual(structure, z, x0, l0, pressure, de_dr, de_dlat):
+    """``(dH/dz, the largest residual)`` from the energy's gradients at ``z``: the
+    largest force on an atom (eV/Å) and the cell's generalised force (eV; the strain
+    is ``sym(c) / N``, so ``dH/dc`` is the virial plus ``P V``, over N, as ASE's cell
+    filters weigh it)."""
     z = jax.lax.stop_gradient(z)
+    pressure = jax.lax.stop_gradient(pressure)
     _, pullback = jax.vjp(lambda z_: structure(z_, x0, l0), z)
-    ((_, gc),) = pullback((de_dr, de_dlat))
-    volume_gradient = jax.grad(lambda z_: jnp.abs(jnp.linalg.det(structure(z_, x0, l0)[1])))(z)[1]
-    gc = gc + jax.lax.stop_gradient(pressure) * volume_gradient
+    ((gw, gc),) = pullback((de_dr, de_dlat))
+    volume = lambda z_: jnp.abs(jnp.linalg.det(structure(z_, x0, l0)[1]))  # noqa: E731
+    gc = gc + pressure * jax.grad(volume)(z)[1]
     forces = jnp.linalg.norm(de_dr, axis=1).max()
-    return jnp.maximum(forces, jnp.abs(gc).max(initial=0.0))
+    return (gw, gc), jnp.maximum(forces, jnp.abs(gc).max(initial=0.0))
+
+
+def _ase_bfgs(evaluate, z0: Array, max_steps: int, maxstep: float = 0.2, alpha: float = 70.0):
+    """ASE's ``BFGS`` (no line search; forces only, so float32 noise in the energy
+    cannot stall it) in a ``lax.while_loop``: the Hessian starts at ``alpha`` (eV/Å²)
+    times the identity, each step is ``V (Vᵀ f / |ω|)`` over its eigenpairs, scaled
+    so that no row of three moves more than ``maxstep``, and the update is ASE's
+    (skipped after a step under 1e-7, or where a curvature is exactly zero).
+
+    Args:
+        evaluate: ``flat z -> (dH/dz, stop)``.
+        z0: (n,) the start.
+
+    Returns:
+        ``(z, steps)``: where it stopped and the steps taken.
+    """
+    n = z0.shape[0]
+    g0, stop0 = evaluate(z0)
+
+    def going(carry):
+        *_, steps, stop = carry
+        return ~stop & (steps < max_steps)
+
+    def step(carry):
+        z, g, z_prev, g_prev, hessian, steps, _ = carry
+        dz, dg = z - z_prev, g - g_prev
+        a, hdz = dz @ dg, hessian @ dz
+        b = dz @ hdz
+        update = (jnp.abs(dz).max(initial=0.0) >= 1e-7) & (a != 0) & (b != 0)
+        hessian = jnp.where(
+            update,
+            hessian
+            + jnp.outer(dg, dg) / jnp.where(update, a, 1)
+            - jnp.outer(hdz, hdz) / jnp.where(update, b, 1),
+            hessian,
+        )
+        omega, v = jnp.linalg.eigh(hessian)
+        delta = v @ ((v.T @ -g) / jnp.abs(omega))
+        longest = jnp.linalg.norm(_rows_of_three(delta), axis=1).max(initial=0.0)
+        delta = delta * jnp.minimum(1.0, maxstep / jnp.maximum(longest, 1e-30))
+        g_new, stop = evaluate(z + delta)
+        return z + delta, g_new, z, g, hessian, steps + 1, stop
+
+    hessian0 = alpha * jnp.eye(n, dtype=z0.dtype)
+    carry = (z0, g0, z0, g0, hessian0, jnp.zeros((), jnp.int32), stop0)
+    z, *_, steps, _ = jax.lax.while_loop(going, step, carry)
+    return z, steps
+
+
+def _rows_of_three(flat: Array) -> Array:
+    """(ceil(n / 3), 3): ``flat`` zero-padded, the rows ASE's ``maxstep`` bounds."""
+    pad = (-flat.shape[0]) % 3
+    return jnp.concatenate([flat, jnp.zeros(pad, flat.dtype)]).reshape(-1, 3)
 
 
 def bulk_modulus_gpa(
