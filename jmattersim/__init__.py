@@ -45,7 +45,7 @@ from ._src.stream import predict_file  # noqa: E402
 if TYPE_CHECKING:  # loaded on first use by __getattr__: it imports jax-md
     from ._src.md import md
 
-SUBMODULES = ("batch", "checks", "derivatives", "jax_md", "testing", "train")
+SUBMODULES = ("batch", "checks", "derivatives", "jax_md", "lammps", "testing", "train")
 """The public sub-modules (imported on first use: jax-md takes seconds, torch more)."""
 
 

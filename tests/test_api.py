@@ -15,7 +15,7 @@ import jmattersim
 pytestmark = pytest.mark.fast
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLIC_MODULES = {"batch", "checks", "derivatives", "jax_md", "testing", "train"}
+PUBLIC_MODULES = {"batch", "checks", "derivatives", "jax_md", "lammps", "testing", "train"}
 
 
 def test_no_public_function_shares_its_name_with_a_submodule():

