@@ -83,29 +83,36 @@ def _results(lmp) -> dict:
 
 
 @pytest.mark.slow
-def test_run_zero_equals_evaluate_on_a_triclinic_cell(small_model64, tmp_path):
+@pytest.mark.parametrize(("x64", "tolerance"), [(True, 1e-8), (False, 1e-5)], ids=["f64", "f32"])
+def test_run_zero_equals_evaluate_on_a_triclinic_cell(small_model, tmp_path, x64, tolerance):
     """Energy, forces by atom ID and stress of `run 0` on one rank equal
-    jmattersim.evaluate's on the periodic cell: 1e-8 relative in float64."""
+    jmattersim.evaluate's on the periodic cell: 1e-8 relative in float64; in float32,
+    1e-5 (the cluster and the periodic graph sum the same terms in other orders),
+    forces and stress relative to their largest component."""
     atoms = _silicon()
     data = tmp_path / "si.data"
     _write_data(atoms, data)
-    with jax.enable_x64(True):
-        lmp = session({"small": small_model64}, dtype=jnp.float64)
+    dtype = jnp.float64 if x64 else jnp.float32
+    with jax.enable_x64(x64):
+        model = small_model.astype(dtype)
+        lmp = session({"small": model}, dtype=dtype)
         (tmp_path / "in.lmp").write_text(_input(data))
         lmp.file(str(tmp_path / "in.lmp"))
         got = _results(lmp)
         lmp.close()
-        ref = jmattersim.evaluate(small_model64, [atoms])[0]
+        ref = jmattersim.evaluate(model, [atoms], dtype=dtype)[0]
     assert _apart(got["positions"], atoms.positions, atoms.cell.array) < 1e-9  # no rotation
     print(f"\nenergy {got['energy']:.12f} vs evaluate's {ref.energy:.12f} eV")
-    assert got["energy"] == pytest.approx(float(ref.energy), rel=1e-8)
-    forces = np.asarray(ref.forces)
+    assert got["energy"] == pytest.approx(float(ref.energy), rel=tolerance)
+    forces = np.asarray(ref.forces, np.float64)
     scale = np.abs(forces).max()
-    assert np.abs(got["forces"] - forces).max() <= 1e-8 * scale
+    worst = np.abs(got["forces"] - forces).max() / scale
+    print(f"forces: largest difference {worst:.1e} of the largest, {scale:.3f} eV/Å")
+    assert np.abs(got["forces"] - forces).max() <= tolerance * scale
     xx, yy, zz, xy, xz, yz = (-v / got["bar_per_ev_a3"] for v in got["virial"])
     stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])  # eV/Å³
-    ref_stress = np.asarray(ref.stress)  # (3, 3) eV/Å³
-    assert np.abs(stress - ref_stress).max() <= 1e-8 * np.abs(ref_stress).max()
+    ref_stress = np.asarray(ref.stress, np.float64)  # (3, 3) eV/Å³
+    assert np.abs(stress - ref_stress).max() <= tolerance * np.abs(ref_stress).max()
 
 
 @pytest.mark.slow

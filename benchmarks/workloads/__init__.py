@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import (
     first_pass,
     inverse_design,
+    lammps,
     md,
     md_many,
     phonons,
@@ -49,4 +50,5 @@ WORKLOADS: dict[str, Workload] = {
     "train": Workload(train.measure),
     "programs": Workload(programs.measure, every_config=True),
     "relaxed_gradients": Workload(relaxed_gradients.measure),
+    "lammps": Workload(lammps.measure),
 }
