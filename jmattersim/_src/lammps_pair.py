@@ -283,7 +283,8 @@ def cluster_graph(
 def _owned_energy_and_gradient(config: M3GNetConfig):
     """``(params, batch, owned) -> (energy of the owned atoms, its gradient in the
     positions)``, jitted once per configuration (and per budget, by shape)."""
-    model = M3GNet(config)
+    model = M3GNet(config, remat=True)  # a ghost shell of num_blocks cutoffs makes the
+    # cluster several times the owned atoms: recompute each block in the backward pass
 
     def owned_energy(positions, params, batch, owned):
         topo = batch.topology
